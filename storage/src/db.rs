@@ -1,0 +1,221 @@
+//! Connecting to PostgreSQL: URL parsing with libpq's `sslmode` semantics, rustls TLS, and the pool.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio_postgres::config::SslMode;
+
+/// How to reach PostgreSQL.
+#[derive(Clone, Debug)]
+pub struct DatabaseConfig {
+    /// A libpq-style URL (`postgres://user:pass@host:port/db?sslmode=prefer`).
+    pub url: String,
+    /// A PEM file of CA certificates; when set, the server's certificate and host name are verified.
+    pub ca_file: Option<PathBuf>,
+    /// Connections in the pool.
+    pub pool_size: usize,
+    /// How long to wait for a connection to be established.
+    pub connect_timeout: Duration,
+}
+
+impl DatabaseConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            ca_file: None,
+            pool_size: 8,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("invalid database url: {0}")]
+    InvalidUrl(String),
+    #[error("cannot read database ca file {path}: {reason}")]
+    CaFile { path: String, reason: String },
+    #[error("cannot build connection pool: {0}")]
+    Pool(String),
+}
+
+/// Builds the connection pool. Connections are opened lazily, so this succeeds while PostgreSQL is down.
+pub fn connect_pool(config: &DatabaseConfig) -> Result<Pool, ConnectError> {
+    let (mut pg_config, verify_mode) = parse_url(&config.url)?;
+    pg_config.connect_timeout(config.connect_timeout);
+    if pg_config.get_application_name().is_none() {
+        pg_config.application_name("tracepost");
+    }
+    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls_config(
+        config.ca_file.as_ref(),
+        verify_mode,
+    )?);
+    let manager = Manager::from_config(
+        pg_config,
+        tls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(config.pool_size.max(1))
+        .create_timeout(Some(config.connect_timeout))
+        .wait_timeout(Some(config.connect_timeout))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|error| ConnectError::Pool(error.to_string()))
+}
+
+/// Whether the URL itself asked for certificate verification (`sslmode=verify-ca` / `verify-full`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum VerifyMode {
+    AsConfigured,
+    Required,
+}
+
+/// Parses the URL. tokio-postgres knows `disable`, `prefer` and `require`; libpq's `verify-ca` and
+/// `verify-full` are mapped to `require` plus mandatory verification against `--database-ca-file`.
+fn parse_url(url: &str) -> Result<(tokio_postgres::Config, VerifyMode), ConnectError> {
+    let mut verify_mode = VerifyMode::AsConfigured;
+    let mut rewritten = url.to_owned();
+    for strict in ["sslmode=verify-full", "sslmode=verify-ca"] {
+        if rewritten.contains(strict) {
+            rewritten = rewritten.replace(strict, "sslmode=require");
+            verify_mode = VerifyMode::Required;
+        }
+    }
+    let config = tokio_postgres::Config::from_str(&rewritten)
+        .map_err(|error| ConnectError::InvalidUrl(format!("{error}")))?;
+    if verify_mode == VerifyMode::Required && config.get_ssl_mode() == SslMode::Disable {
+        return Err(ConnectError::InvalidUrl(
+            "conflicting sslmode values".into(),
+        ));
+    }
+    Ok((config, verify_mode))
+}
+
+fn tls_config(
+    ca_file: Option<&PathBuf>,
+    verify_mode: VerifyMode,
+) -> Result<ClientConfig, ConnectError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|error| ConnectError::Pool(error.to_string()))?;
+    let config = match ca_file {
+        Some(path) => {
+            let ca_error = |reason: String| ConnectError::CaFile {
+                path: path.display().to_string(),
+                reason,
+            };
+            let mut roots = RootCertStore::empty();
+            for certificate in
+                CertificateDer::pem_file_iter(path).map_err(|error| ca_error(error.to_string()))?
+            {
+                let certificate = certificate.map_err(|error| ca_error(error.to_string()))?;
+                roots
+                    .add(certificate)
+                    .map_err(|error| ca_error(error.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(ca_error("no certificate found".into()));
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        None if verify_mode == VerifyMode::Required => {
+            return Err(ConnectError::InvalidUrl(
+                "sslmode=verify-ca/verify-full needs --database-ca-file".into(),
+            ))
+        }
+        // libpq's `prefer` and `require` encrypt without verifying the server's certificate.
+        None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
+            .with_no_client_auth(),
+    };
+    Ok(config)
+}
+
+/// Accepts any server certificate (as libpq's `sslmode=require` does) but still checks that the server holds
+/// the certificate's private key, so the session is encrypted end to end.
+#[derive(Debug)]
+struct EncryptOnly(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for EncryptOnly {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        signature: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            signature,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        signature: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            signature,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sslmode_defaults_to_prefer_and_verify_modes_need_a_ca_file() {
+        let (config, mode) = parse_url("postgres://u@h/db").expect("valid url");
+        assert_eq!(config.get_ssl_mode(), SslMode::Prefer);
+        assert_eq!(mode, VerifyMode::AsConfigured);
+        let (config, mode) = parse_url("postgres://u@h/db?sslmode=verify-full").expect("valid url");
+        assert_eq!(config.get_ssl_mode(), SslMode::Require);
+        assert_eq!(mode, VerifyMode::Required);
+        let error = tls_config(None, VerifyMode::Required).expect_err("no ca file");
+        assert!(error.to_string().contains("--database-ca-file"), "{error}");
+    }
+
+    #[test]
+    fn a_bad_url_is_a_clear_error() {
+        let error = parse_url("postgres://u@h/db?sslmode=sometimes").expect_err("bad sslmode");
+        assert!(
+            error.to_string().starts_with("invalid database url"),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,178 @@
+//! Daily span partitions: created ahead of time, dropped after the retention period. Run by the collector
+//! role, one instance at a time (a PostgreSQL advisory lock elects it).
+
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+
+use crate::time::{civil_from_days, days_from_civil, NANOS_PER_DAY};
+use crate::StorageError;
+
+/// Advisory lock key held while maintaining partitions (ASCII "tpmaintn").
+const MAINTENANCE_LOCK: i64 = 0x7470_6d61_696e_746e;
+
+/// What one maintenance pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MaintenanceReport {
+    /// False when another instance holds the maintenance lock (this one did nothing).
+    pub ran: bool,
+    pub created: Vec<String>,
+    pub dropped: Vec<String>,
+    /// Rows deleted from the default partition because they are older than the retention.
+    pub expired_default_rows: u64,
+}
+
+/// The name of the partition holding one day (days since the Unix epoch): `spans_pYYYYMMDD`.
+pub fn partition_name(day: i32) -> String {
+    let (year, month, day_of_month) = civil_from_days(day);
+    format!("spans_p{year:04}{month:02}{day_of_month:02}")
+}
+
+fn parse_partition_name(name: &str) -> Option<i32> {
+    let digits = name.strip_prefix("spans_p")?;
+    if digits.len() != 8 || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    let year = digits[0..4].parse().ok()?;
+    let month = digits[4..6].parse().ok()?;
+    let day = digits[6..8].parse().ok()?;
+    Some(days_from_civil(year, month, day))
+}
+
+/// Creates the partitions for `today - 1 ..= today + days_ahead` and drops those wholly older than
+/// `retention`, if this instance wins the maintenance lock.
+pub async fn maintain(
+    pool: &Pool,
+    now_unix_nanos: i64,
+    days_ahead: i32,
+    retention: Duration,
+) -> Result<MaintenanceReport, StorageError> {
+    let mut client = pool.get().await?;
+    let locked: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&MAINTENANCE_LOCK])
+        .await?
+        .get(0);
+    if !locked {
+        return Ok(MaintenanceReport::default());
+    }
+    let outcome = maintain_locked(&mut client, now_unix_nanos, days_ahead, retention).await;
+    let unlock = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MAINTENANCE_LOCK])
+        .await;
+    let report = outcome?;
+    unlock?;
+    Ok(report)
+}
+
+async fn maintain_locked(
+    client: &mut deadpool_postgres::Client,
+    now_unix_nanos: i64,
+    days_ahead: i32,
+    retention: Duration,
+) -> Result<MaintenanceReport, StorageError> {
+    let mut report = MaintenanceReport {
+        ran: true,
+        ..Default::default()
+    };
+    let existing: Vec<i32> = client
+        .query(
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+             WHERE i.inhparent = 'spans'::regclass",
+            &[],
+        )
+        .await?
+        .iter()
+        .filter_map(|row| parse_partition_name(row.get::<_, &str>(0)))
+        .collect();
+
+    let retention_nanos = i64::try_from(retention.as_nanos()).unwrap_or(i64::MAX);
+    let cutoff = now_unix_nanos.saturating_sub(retention_nanos);
+    let today = crate::time::day_of(now_unix_nanos);
+    let oldest_kept = crate::time::day_of(cutoff);
+    for day in (today - 1).max(oldest_kept)..=today + days_ahead {
+        if !existing.contains(&day) {
+            create_partition(client, day).await?;
+            report.created.push(partition_name(day));
+        }
+    }
+    for &day in &existing {
+        let upper = (i64::from(day) + 1) * NANOS_PER_DAY;
+        if upper <= cutoff {
+            drop_partition(client, day).await?;
+            report.dropped.push(partition_name(day));
+        }
+    }
+    report.expired_default_rows = client
+        .execute("DELETE FROM spans_default WHERE start_ns < $1", &[&cutoff])
+        .await?;
+    client
+        .execute(
+            "DELETE FROM resources WHERE day < $1",
+            &[&(oldest_kept - 1)],
+        )
+        .await?;
+    if !report.created.is_empty() || !report.dropped.is_empty() {
+        tracing::info!(created = ?report.created, dropped = ?report.dropped, "maintained span partitions");
+    }
+    Ok(report)
+}
+
+/// Creates one day's partition, moving in any rows the default partition holds for that day, and attaches
+/// it (attaching takes a lighter lock on the parent than `CREATE TABLE ... PARTITION OF`).
+async fn create_partition(
+    client: &mut deadpool_postgres::Client,
+    day: i32,
+) -> Result<(), StorageError> {
+    let name = partition_name(day);
+    let lower = i64::from(day) * NANOS_PER_DAY;
+    let upper = lower + NANOS_PER_DAY;
+    let transaction = client.transaction().await?;
+    transaction
+        .batch_execute(&format!(
+            "CREATE TABLE {name} (LIKE spans INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
+             WITH moved AS (DELETE FROM spans_default WHERE start_ns >= {lower} AND start_ns < {upper}
+                            RETURNING *)
+             INSERT INTO {name} SELECT * FROM moved;
+             ALTER TABLE spans ATTACH PARTITION {name} FOR VALUES FROM ({lower}) TO ({upper});"
+        ))
+        .await?;
+    transaction.commit().await?;
+    Ok(())
+}
+
+/// Detaches a partition without blocking readers and writers of the other partitions, then drops it.
+async fn drop_partition(
+    client: &mut deadpool_postgres::Client,
+    day: i32,
+) -> Result<(), StorageError> {
+    let name = partition_name(day);
+    let detach = client
+        .batch_execute(&format!(
+            "ALTER TABLE spans DETACH PARTITION {name} CONCURRENTLY"
+        ))
+        .await;
+    if let Err(error) = detach {
+        // A previous detach that was interrupted leaves the partition "pending"; finish it.
+        tracing::warn!(partition = %name, error = %error, "concurrent detach failed, finalizing");
+        client
+            .batch_execute(&format!(
+                "ALTER TABLE spans DETACH PARTITION {name} FINALIZE"
+            ))
+            .await?;
+    }
+    client.batch_execute(&format!("DROP TABLE {name}")).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_names_round_trip() {
+        let day = days_from_civil(2026, 11, 23);
+        assert_eq!(partition_name(day), "spans_p20261123");
+        assert_eq!(parse_partition_name("spans_p20261123"), Some(day));
+        assert_eq!(parse_partition_name("spans_default"), None);
+    }
+}

@@ -1,0 +1,107 @@
+//! Numbered, embedded migrations, each applied in its own transaction and recorded in a version table.
+//! Several replicas starting together serialize on a PostgreSQL advisory lock.
+
+use deadpool_postgres::Pool;
+
+use crate::StorageError;
+
+/// A migration: its number, its name, and its SQL.
+#[derive(Clone, Copy, Debug)]
+pub struct Migration {
+    pub version: i32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// Every migration, in order. Append only: never edit one that has shipped.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "spans",
+    sql: include_str!("../migrations/0001_spans.sql"),
+}];
+
+/// The schema version this binary needs.
+pub const REQUIRED_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].version;
+
+/// Advisory lock key held while migrating (ASCII "tpmigrat").
+pub(crate) const MIGRATION_LOCK: i64 = 0x7470_6d69_6772_6174;
+
+const VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS tracepost_schema_migrations (
+    version    integer PRIMARY KEY,
+    name       text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)";
+
+/// Applies pending migrations and returns the versions applied now.
+pub async fn migrate(pool: &Pool) -> Result<Vec<i32>, StorageError> {
+    let mut client = pool.get().await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    let outcome = apply_pending(&mut client).await;
+    let unlock = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await;
+    let applied = outcome?;
+    unlock?;
+    Ok(applied)
+}
+
+async fn apply_pending(client: &mut deadpool_postgres::Client) -> Result<Vec<i32>, StorageError> {
+    client.batch_execute(VERSION_TABLE).await?;
+    let current = current_version_of(client).await?;
+    let mut applied = Vec::new();
+    for migration in MIGRATIONS
+        .iter()
+        .filter(|migration| migration.version > current)
+    {
+        let transaction = client.transaction().await?;
+        transaction
+            .batch_execute(migration.sql)
+            .await
+            .map_err(|error| StorageError::Migration {
+                version: migration.version,
+                reason: crate::describe_db_error(&error),
+            })?;
+        transaction
+            .execute(
+                "INSERT INTO tracepost_schema_migrations (version, name) VALUES ($1, $2)",
+                &[&migration.version, &migration.name],
+            )
+            .await?;
+        transaction.commit().await?;
+        tracing::info!(
+            version = migration.version,
+            name = migration.name,
+            "applied migration"
+        );
+        applied.push(migration.version);
+    }
+    Ok(applied)
+}
+
+/// The newest applied migration, 0 when none is.
+pub async fn current_version(pool: &Pool) -> Result<i32, StorageError> {
+    let client = pool.get().await?;
+    current_version_of(&client).await
+}
+
+async fn current_version_of(client: &tokio_postgres::Client) -> Result<i32, StorageError> {
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regclass('tracepost_schema_migrations') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(0);
+    }
+    Ok(client
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM tracepost_schema_migrations",
+            &[],
+        )
+        .await?
+        .get(0))
+}

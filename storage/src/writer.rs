@@ -1,0 +1,113 @@
+//! Writing batches of encoded span rows: one transaction per batch, resources first, then one binary COPY.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use deadpool_postgres::Pool;
+use futures_util::SinkExt;
+
+use crate::copy::{copy_header, copy_trailer, COPY_SPANS};
+use crate::StorageError;
+
+/// A resource row to insert (once per resource and day) before the spans that reference it.
+#[derive(Clone, Debug)]
+pub struct ResourceRow {
+    pub id: i64,
+    pub day: i32,
+    pub service: String,
+    pub cluster: Option<String>,
+    /// The protobuf encoding of [`crate::model::Resource`].
+    pub body: Bytes,
+}
+
+/// The spans of one request, already encoded as binary COPY rows.
+#[derive(Clone, Debug, Default)]
+pub struct EncodedSpans {
+    pub rows: Bytes,
+    pub span_count: usize,
+    pub resources: Vec<ResourceRow>,
+}
+
+/// The most (resource, day) pairs remembered as already stored; past it the memory is cleared, which only
+/// costs a few redundant `ON CONFLICT DO NOTHING` inserts.
+const KNOWN_RESOURCES_CAP: usize = 100_000;
+
+/// Writes batches. Cheap to share: one per process.
+#[derive(Debug)]
+pub struct SpanWriter {
+    pool: Pool,
+    known_resources: Mutex<HashSet<(i64, i32)>>,
+}
+
+impl SpanWriter {
+    pub fn new(pool: Pool) -> Self {
+        Self {
+            pool,
+            known_resources: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Writes the parts in one transaction and returns once it has committed.
+    pub async fn write(&self, parts: &[&EncodedSpans]) -> Result<(), StorageError> {
+        let new_resources = self.unknown_resources(parts);
+        let mut client = self.pool.get().await?;
+        let transaction = client.transaction().await?;
+        if !new_resources.is_empty() {
+            let ids: Vec<i64> = new_resources.iter().map(|row| row.id).collect();
+            let days: Vec<i32> = new_resources.iter().map(|row| row.day).collect();
+            let services: Vec<&str> = new_resources
+                .iter()
+                .map(|row| row.service.as_str())
+                .collect();
+            let clusters: Vec<Option<&str>> = new_resources
+                .iter()
+                .map(|row| row.cluster.as_deref())
+                .collect();
+            let bodies: Vec<&[u8]> = new_resources.iter().map(|row| row.body.as_ref()).collect();
+            transaction
+                .execute(
+                    "INSERT INTO resources (resource_id, day, service, cluster, body)
+                     SELECT * FROM unnest($1::int8[], $2::int4[], $3::text[], $4::text[], $5::bytea[])
+                     ON CONFLICT DO NOTHING",
+                    &[&ids, &days, &services, &clusters, &bodies],
+                )
+                .await?;
+        }
+        let sink = transaction.copy_in(COPY_SPANS).await?;
+        futures_util::pin_mut!(sink);
+        sink.feed(copy_header()).await?;
+        for part in parts.iter().filter(|part| !part.rows.is_empty()) {
+            sink.feed(part.rows.clone()).await?;
+        }
+        sink.feed(copy_trailer()).await?;
+        sink.as_mut().finish().await?;
+        transaction.commit().await?;
+        self.remember(&new_resources);
+        Ok(())
+    }
+
+    fn unknown_resources<'a>(&self, parts: &[&'a EncodedSpans]) -> Vec<&'a ResourceRow> {
+        let known = self
+            .known_resources
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut seen = HashSet::new();
+        parts
+            .iter()
+            .flat_map(|part| part.resources.iter())
+            .filter(|row| !known.contains(&(row.id, row.day)) && seen.insert((row.id, row.day)))
+            .collect()
+    }
+
+    fn remember(&self, rows: &[&ResourceRow]) {
+        let mut known = self
+            .known_resources
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if known.len() + rows.len() > KNOWN_RESOURCES_CAP {
+            known.clear();
+        }
+        known.extend(rows.iter().map(|row| (row.id, row.day)));
+    }
+}
