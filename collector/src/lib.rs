@@ -1,1 +1,21 @@
-//! tracepost
+//! tracepost's collector: OTLP receivers (gRPC and HTTP), conversion into the span model at the edge, and
+//! the bounded pipeline that commits spans to PostgreSQL before acknowledging them.
+//!
+//! Depends on `tracepost-storage` only (never on the query crate).
+
+pub mod convert;
+pub mod grpc;
+pub mod http;
+pub mod ingest;
+pub mod metrics;
+pub mod pipeline;
+
+pub use convert::ConvertConfig;
+pub use grpc::grpc_router;
+pub use http::http_router;
+pub use ingest::{ExportError, Ingest, PayloadFormat, Transport};
+pub use metrics::CollectorMetrics;
+pub use pipeline::{IngestError, Pipeline, PipelineConfig, PipelineTasks};
+
+/// The default cap on request bodies, compressed and decompressed: 16 MiB.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 16 << 20;

@@ -129,7 +129,8 @@ async fn create_partition(
     let transaction = client.transaction().await?;
     transaction
         .batch_execute(&format!(
-            "CREATE TABLE {name} (LIKE spans INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
+            "LOCK TABLE spans_default IN SHARE ROW EXCLUSIVE MODE;
+             CREATE TABLE {name} (LIKE spans INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
              WITH moved AS (DELETE FROM spans_default WHERE start_ns >= {lower} AND start_ns < {upper}
                             RETURNING *)
              INSERT INTO {name} SELECT * FROM moved;
@@ -140,27 +141,19 @@ async fn create_partition(
     Ok(())
 }
 
-/// Detaches a partition without blocking readers and writers of the other partitions, then drops it.
+/// Drops a partition. This takes an exclusive lock on the parent for a moment (`DETACH ... CONCURRENTLY`
+/// is not available while a default partition exists), so it waits at most `lock_timeout` behind running
+/// queries and is retried at the next maintenance pass otherwise, rather than queueing writers behind it.
 async fn drop_partition(
     client: &mut deadpool_postgres::Client,
     day: i32,
 ) -> Result<(), StorageError> {
     let name = partition_name(day);
-    let detach = client
-        .batch_execute(&format!(
-            "ALTER TABLE spans DETACH PARTITION {name} CONCURRENTLY"
-        ))
-        .await;
-    if let Err(error) = detach {
-        // A previous detach that was interrupted leaves the partition "pending"; finish it.
-        tracing::warn!(partition = %name, error = %error, "concurrent detach failed, finalizing");
-        client
-            .batch_execute(&format!(
-                "ALTER TABLE spans DETACH PARTITION {name} FINALIZE"
-            ))
-            .await?;
-    }
-    client.batch_execute(&format!("DROP TABLE {name}")).await?;
+    let transaction = client.transaction().await?;
+    transaction
+        .batch_execute(&format!("SET LOCAL lock_timeout = '5s'; DROP TABLE {name}"))
+        .await?;
+    transaction.commit().await?;
     Ok(())
 }
 

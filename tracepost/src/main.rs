@@ -1,1 +1,291 @@
-fn main() {}
+//! The `tracepost` binary: command line, logging, signals. Everything else lives in the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tracepost::{loadgen, AppConfig, Role};
+use tracepost_collector::PipelineConfig;
+use tracepost_storage::DatabaseConfig;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tracepost",
+    version,
+    about = "OpenTelemetry traces into PostgreSQL, out through the Jaeger and Tempo APIs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run everything in one process: OTLP receivers, the write pipeline and the query API.
+    Serve(ServeArgs),
+    /// Run the OTLP receivers and the write pipeline (health and metrics on --admin-listen).
+    Collector(ServeArgs),
+    /// Run the query API only.
+    Query(ServeArgs),
+    /// Apply pending schema migrations and exit.
+    Migrate(DatabaseArgs),
+    /// Send Linkerd-shaped OTLP traffic to a collector.
+    Loadgen(loadgen::LoadgenArgs),
+}
+
+#[derive(Debug, Args)]
+struct DatabaseArgs {
+    /// PostgreSQL URL, libpq style (sslmode disable, prefer or require; verify-ca/verify-full need --database-ca-file).
+    #[arg(
+        long,
+        env = "TRACEPOST_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/tracepost"
+    )]
+    database_url: String,
+    /// PEM file of CA certificates: verify the server's certificate and host name against it.
+    #[arg(long, env = "TRACEPOST_DATABASE_CA_FILE")]
+    database_ca_file: Option<PathBuf>,
+    /// PostgreSQL connections in the pool.
+    #[arg(long, env = "TRACEPOST_DATABASE_POOL_SIZE", default_value_t = 8)]
+    database_pool_size: usize,
+}
+
+impl DatabaseArgs {
+    fn config(&self) -> DatabaseConfig {
+        let mut config = DatabaseConfig::new(self.database_url.clone());
+        config.ca_file = self.database_ca_file.clone();
+        config.pool_size = self.database_pool_size;
+        config
+    }
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    /// OTLP/gRPC listen address.
+    #[arg(
+        long,
+        env = "TRACEPOST_OTLP_GRPC_LISTEN",
+        default_value = "0.0.0.0:4317"
+    )]
+    otlp_grpc_listen: SocketAddr,
+    /// OTLP/HTTP listen address.
+    #[arg(
+        long,
+        env = "TRACEPOST_OTLP_HTTP_LISTEN",
+        default_value = "0.0.0.0:4318"
+    )]
+    otlp_http_listen: SocketAddr,
+    /// Query API listen address (Jaeger API, /healthz, /readyz, /metrics in `serve`).
+    #[arg(long, env = "TRACEPOST_QUERY_LISTEN", default_value = "0.0.0.0:16686")]
+    query_listen: SocketAddr,
+    /// Admin listen address of the collector role (/healthz, /readyz, /metrics).
+    #[arg(long, env = "TRACEPOST_ADMIN_LISTEN", default_value = "0.0.0.0:8888")]
+    admin_listen: SocketAddr,
+    /// Cluster of spans whose resource has no k8s.cluster.name (unset: none).
+    #[arg(long, env = "TRACEPOST_CLUSTER_NAME")]
+    cluster_name: Option<String>,
+    /// How long spans are kept (partitions older than this are dropped), e.g. 7d, 36h.
+    #[arg(long, env = "TRACEPOST_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    retention: Duration,
+    /// Do not apply migrations at start (run `tracepost migrate` as a Job instead).
+    #[arg(long, env = "TRACEPOST_SKIP_MIGRATIONS")]
+    skip_migrations: bool,
+    /// Cap on OTLP request bodies, compressed and decompressed, in bytes.
+    #[arg(long, env = "TRACEPOST_MAX_REQUEST_BYTES", default_value_t = tracepost_collector::DEFAULT_MAX_REQUEST_BYTES)]
+    max_request_bytes: usize,
+    /// Encoded span bytes admitted and not yet committed, at most; beyond it requests are refused as overloaded.
+    #[arg(long, env = "TRACEPOST_MAX_INFLIGHT_BYTES", default_value_t = PipelineConfig::default().max_inflight_bytes)]
+    max_inflight_bytes: usize,
+    /// How long a request may wait for admission before it is refused (e.g. 1s, 500ms).
+    #[arg(long, env = "TRACEPOST_ADMISSION_WAIT", default_value = "1s", value_parser = parse_duration)]
+    admission_wait: Duration,
+    /// Flush a batch when it holds this many spans.
+    #[arg(long, env = "TRACEPOST_BATCH_MAX_SPANS", default_value_t = PipelineConfig::default().batch_max_spans)]
+    batch_max_spans: usize,
+    /// Flush a batch when it holds this many encoded bytes.
+    #[arg(long, env = "TRACEPOST_BATCH_MAX_BYTES", default_value_t = PipelineConfig::default().batch_max_bytes)]
+    batch_max_bytes: usize,
+    /// Flush a batch when its oldest request has waited this long.
+    #[arg(long, env = "TRACEPOST_BATCH_MAX_AGE", default_value = "100ms", value_parser = parse_duration)]
+    batch_max_age: Duration,
+    /// Concurrent batch writers (one PostgreSQL connection each while writing).
+    #[arg(long, env = "TRACEPOST_WRITERS", default_value_t = PipelineConfig::default().writers)]
+    writers: usize,
+    /// How long a failed batch is retried before its requests get a retryable error.
+    #[arg(long, env = "TRACEPOST_WRITE_RETRY_BUDGET", default_value = "5s", value_parser = parse_duration)]
+    write_retry_budget: Duration,
+    /// On SIGTERM, how long to finish requests in flight before exiting.
+    #[arg(long, env = "TRACEPOST_SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration)]
+    shutdown_grace: Duration,
+    /// Daily partitions created ahead of today.
+    #[arg(long, env = "TRACEPOST_PARTITION_DAYS_AHEAD", default_value_t = 2)]
+    partition_days_ahead: i32,
+    /// Log format: text or json.
+    #[arg(long, env = "TRACEPOST_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+}
+
+impl ServeArgs {
+    fn config(&self) -> AppConfig {
+        let mut config = AppConfig::new(self.database.config());
+        config.otlp_grpc_listen = self.otlp_grpc_listen;
+        config.otlp_http_listen = self.otlp_http_listen;
+        config.query_listen = self.query_listen;
+        config.admin_listen = self.admin_listen;
+        config.cluster_name = self.cluster_name.clone().filter(|name| !name.is_empty());
+        config.retention = self.retention;
+        config.skip_migrations = self.skip_migrations;
+        config.max_request_bytes = self.max_request_bytes;
+        config.shutdown_grace = self.shutdown_grace;
+        config.partition_days_ahead = self.partition_days_ahead;
+        config.pipeline = PipelineConfig {
+            max_inflight_bytes: self.max_inflight_bytes,
+            admission_wait: self.admission_wait,
+            batch_max_spans: self.batch_max_spans,
+            batch_max_bytes: self.batch_max_bytes,
+            batch_max_age: self.batch_max_age,
+            writers: self.writers,
+            retry_budget: self.write_retry_budget,
+        };
+        config
+    }
+}
+
+/// Parses `250ms`, `5s`, `10m`, `36h`, `7d`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}: expected e.g. 500ms, 5s, 7d"))?;
+    let seconds = match unit {
+        "ms" => return Ok(Duration::from_millis(number)),
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {text:?}: use ms, s, m, h or d"
+            ))
+        }
+    };
+    Ok(Duration::from_secs(number * seconds))
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TRACEPOST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("tracepost: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(run(cli));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("tracepost: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let (role, args) = match cli.command {
+        Command::Serve(args) => (Role::Serve, args),
+        Command::Collector(args) => (Role::Collector, args),
+        Command::Query(args) => (Role::Query, args),
+        Command::Migrate(args) => {
+            init_logging(false);
+            let pool = tracepost_storage::connect_pool(&args.config())?;
+            let applied = tracepost::app::migrate(&pool, Duration::from_secs(60)).await?;
+            tracing::info!(
+                ?applied,
+                version = tracepost_storage::schema::REQUIRED_VERSION,
+                "schema is up to date"
+            );
+            return Ok(());
+        }
+        Command::Loadgen(args) => return loadgen::run(args).await,
+    };
+    init_logging(args.log_format == "json");
+    let app = tracepost::start(role, args.config()).await?;
+    tracing::info!(
+        role = ?role,
+        otlp_grpc = ?app.otlp_grpc_addr,
+        otlp_http = ?app.otlp_http_addr,
+        query = ?app.query_addr,
+        admin = ?app.admin_addr,
+        "tracepost is ready"
+    );
+    shutdown_signal().await;
+    app.stop().await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM, only Ctrl-C stops tracepost");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

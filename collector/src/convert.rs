@@ -1,0 +1,296 @@
+//! OTLP → tracepost's span model, validated and encoded as COPY rows in one pass.
+//!
+//! This is the only place that reads OTLP wire types on the ingest side. Strings are moved out of the decoded
+//! request, never cloned; resource-level work (service name, cluster, resource encoding) happens once per
+//! `ResourceSpans`, not per span.
+
+use std::collections::HashSet;
+
+use bytes::{Bytes, BytesMut};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1 as otlp_common;
+use opentelemetry_proto::tonic::trace::v1 as otlp_trace;
+use prost::Message;
+use tracepost_storage::copy::{encode_span_row, sanitize_text, RowContext};
+use tracepost_storage::model::{
+    self, find_attribute, Resource, Scope, Span, SpanDetail, SpanId, SpanKind, StatusCode, TraceId,
+    NO_SERVICE_NAME,
+};
+use tracepost_storage::time::day_of;
+use tracepost_storage::{EncodedSpans, ResourceRow};
+
+/// Why a span was rejected. Each reason is a metric label value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    InvalidTraceId,
+    InvalidSpanId,
+    InvalidParentSpanId,
+    MissingStartTime,
+    EndBeforeStart,
+}
+
+impl RejectReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::InvalidTraceId => "invalid_trace_id",
+            Self::InvalidSpanId => "invalid_span_id",
+            Self::InvalidParentSpanId => "invalid_parent_span_id",
+            Self::MissingStartTime => "missing_start_time",
+            Self::EndBeforeStart => "end_before_start",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::InvalidTraceId => "trace id must be 16 bytes and not all zero",
+            Self::InvalidSpanId => "span id must be 8 bytes and not all zero",
+            Self::InvalidParentSpanId => "parent span id must be empty or 8 bytes",
+            Self::MissingStartTime => "start time must not be zero",
+            Self::EndBeforeStart => "end time must not be before start time",
+        }
+    }
+}
+
+/// Settings that shape conversion.
+#[derive(Clone, Debug, Default)]
+pub struct ConvertConfig {
+    /// The cluster of spans whose resource has no `k8s.cluster.name`.
+    pub cluster_name: Option<String>,
+}
+
+/// One request, converted.
+#[derive(Debug, Default)]
+pub struct Converted {
+    pub encoded: EncodedSpans,
+    /// Rejected spans by reason, in the order first seen.
+    pub rejected: Vec<(RejectReason, u64)>,
+}
+
+impl Converted {
+    pub fn rejected_count(&self) -> u64 {
+        self.rejected.iter().map(|(_, count)| count).sum()
+    }
+
+    /// The `partial_success.error_message` for this request (empty when nothing was rejected).
+    pub fn rejection_message(&self) -> String {
+        let parts: Vec<String> = self
+            .rejected
+            .iter()
+            .map(|(reason, count)| format!("{count} span(s) rejected: {}", reason.describe()))
+            .collect();
+        parts.join("; ")
+    }
+
+    fn reject(&mut self, reason: RejectReason) {
+        match self.rejected.iter_mut().find(|(seen, _)| *seen == reason) {
+            Some((_, count)) => *count += 1,
+            None => self.rejected.push((reason, 1)),
+        }
+    }
+}
+
+/// Converts and encodes a decoded request, consuming it.
+pub fn convert_request(request: ExportTraceServiceRequest, config: &ConvertConfig) -> Converted {
+    let mut converted = Converted::default();
+    let mut rows = BytesMut::new();
+    let mut resource_days = HashSet::new();
+    for resource_spans in request.resource_spans {
+        let span_total: usize = resource_spans
+            .scope_spans
+            .iter()
+            .map(|scope| scope.spans.len())
+            .sum();
+        if span_total == 0 {
+            continue;
+        }
+        let otlp_resource = resource_spans.resource.unwrap_or_default();
+        let resource = Resource {
+            attributes: convert_attributes(otlp_resource.attributes),
+            dropped_attributes_count: otlp_resource.dropped_attributes_count,
+            schema_url: resource_spans.schema_url,
+        };
+        let service =
+            match find_attribute(&resource.attributes, "service.name").and_then(|kv| kv.as_str()) {
+                Some(name) if !name.is_empty() => sanitize_text(name).into_owned(),
+                _ => NO_SERVICE_NAME.to_owned(),
+            };
+        let cluster = find_attribute(&resource.attributes, "k8s.cluster.name")
+            .and_then(|kv| kv.as_str())
+            .filter(|name| !name.is_empty())
+            .map(|name| sanitize_text(name).into_owned())
+            .or_else(|| config.cluster_name.clone());
+        let body = Bytes::from(resource.encode_to_vec());
+        let resource_id = resource_id_of(&body);
+        let context = RowContext {
+            service: &service,
+            cluster: cluster.as_deref(),
+            resource_id,
+        };
+
+        for scope_spans in resource_spans.scope_spans {
+            let scope = convert_scope(scope_spans.scope, scope_spans.schema_url);
+            for otlp_span in scope_spans.spans {
+                let span = match convert_span(otlp_span, scope.as_ref()) {
+                    Ok(span) => span,
+                    Err(reason) => {
+                        converted.reject(reason);
+                        continue;
+                    }
+                };
+                let day = day_of(i64::try_from(span.start_time_unix_nano).unwrap_or(i64::MAX));
+                if resource_days.insert((resource_id, day)) {
+                    converted.encoded.resources.push(ResourceRow {
+                        id: resource_id,
+                        day,
+                        service: service.clone(),
+                        cluster: cluster.clone(),
+                        body: body.clone(),
+                    });
+                }
+                encode_span_row(&mut rows, context, &span);
+                converted.encoded.span_count += 1;
+            }
+        }
+    }
+    converted.encoded.rows = rows.freeze();
+    converted
+}
+
+/// A stable 64-bit ID for a resource: FNV-1a of its protobuf encoding.
+fn resource_id_of(body: &[u8]) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in body {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash as i64
+}
+
+fn convert_scope(
+    scope: Option<otlp_common::InstrumentationScope>,
+    schema_url: String,
+) -> Option<Scope> {
+    let scope = scope.unwrap_or_default();
+    if scope.name.is_empty()
+        && scope.version.is_empty()
+        && scope.attributes.is_empty()
+        && scope.dropped_attributes_count == 0
+        && schema_url.is_empty()
+    {
+        return None;
+    }
+    Some(Scope {
+        name: scope.name,
+        version: scope.version,
+        attributes: convert_attributes(scope.attributes),
+        dropped_attributes_count: scope.dropped_attributes_count,
+        schema_url,
+    })
+}
+
+fn convert_span(span: otlp_trace::Span, scope: Option<&Scope>) -> Result<Span, RejectReason> {
+    let trace_id = <[u8; 16]>::try_from(span.trace_id.as_slice())
+        .map(TraceId)
+        .ok()
+        .filter(|id| !id.is_zero())
+        .ok_or(RejectReason::InvalidTraceId)?;
+    let span_id = <[u8; 8]>::try_from(span.span_id.as_slice())
+        .map(SpanId)
+        .ok()
+        .filter(|id| !id.is_zero())
+        .ok_or(RejectReason::InvalidSpanId)?;
+    let parent_span_id = match span.parent_span_id.len() {
+        0 => None,
+        8 => Some(SpanId(
+            <[u8; 8]>::try_from(span.parent_span_id.as_slice()).unwrap_or_default(),
+        ))
+        .filter(|id| !id.is_zero()),
+        _ => return Err(RejectReason::InvalidParentSpanId),
+    };
+    if span.start_time_unix_nano == 0 {
+        return Err(RejectReason::MissingStartTime);
+    }
+    if span.end_time_unix_nano < span.start_time_unix_nano {
+        return Err(RejectReason::EndBeforeStart);
+    }
+    let (name, original_name) = match sanitize_text(&span.name) {
+        std::borrow::Cow::Borrowed(_) => (span.name, None),
+        std::borrow::Cow::Owned(safe) => (safe, Some(span.name)),
+    };
+    let status = span.status.unwrap_or_default();
+    Ok(Span {
+        trace_id,
+        span_id,
+        parent_span_id,
+        name,
+        kind: SpanKind::from_i32(span.kind),
+        start_time_unix_nano: span.start_time_unix_nano,
+        status_code: StatusCode::from_i32(status.code),
+        detail: SpanDetail {
+            attributes: convert_attributes(span.attributes),
+            dropped_attributes_count: span.dropped_attributes_count,
+            events: span.events.into_iter().map(convert_event).collect(),
+            dropped_events_count: span.dropped_events_count,
+            links: span.links.into_iter().map(convert_link).collect(),
+            dropped_links_count: span.dropped_links_count,
+            trace_state: span.trace_state,
+            flags: span.flags,
+            status_message: status.message,
+            scope: scope.cloned(),
+            original_name,
+            end_time_unix_nano: span.end_time_unix_nano,
+        },
+    })
+}
+
+fn convert_event(event: otlp_trace::span::Event) -> model::Event {
+    model::Event {
+        time_unix_nano: event.time_unix_nano,
+        name: event.name,
+        attributes: convert_attributes(event.attributes),
+        dropped_attributes_count: event.dropped_attributes_count,
+    }
+}
+
+fn convert_link(link: otlp_trace::span::Link) -> model::Link {
+    model::Link {
+        trace_id: link.trace_id,
+        span_id: link.span_id,
+        trace_state: link.trace_state,
+        attributes: convert_attributes(link.attributes),
+        dropped_attributes_count: link.dropped_attributes_count,
+        flags: link.flags,
+    }
+}
+
+fn convert_attributes(attributes: Vec<otlp_common::KeyValue>) -> Vec<model::KeyValue> {
+    attributes
+        .into_iter()
+        .map(|attribute| model::KeyValue {
+            key: attribute.key,
+            value: attribute.value.map(convert_value),
+        })
+        .collect()
+}
+
+fn convert_value(value: otlp_common::AnyValue) -> model::AnyValue {
+    use otlp_common::any_value::Value as Otlp;
+    use tracepost_storage::model::Value;
+    let value = value.value.and_then(|value| match value {
+        Otlp::StringValue(text) => Some(Value::Str(text)),
+        Otlp::BoolValue(flag) => Some(Value::Bool(flag)),
+        Otlp::IntValue(number) => Some(Value::Int(number)),
+        Otlp::DoubleValue(number) => Some(Value::Double(number)),
+        Otlp::BytesValue(bytes) => Some(Value::Bytes(bytes)),
+        Otlp::ArrayValue(array) => Some(Value::Array(model::ArrayValue {
+            values: array.values.into_iter().map(convert_value).collect(),
+        })),
+        Otlp::KvlistValue(list) => Some(Value::Map(model::KeyValueList {
+            values: convert_attributes(list.values),
+        })),
+        // A string-table index only means something inside an OTLP profile, which has the table; a span
+        // carrying one has no table to resolve it against, so it is kept as an empty value.
+        Otlp::StringValueStrindex(_) => None,
+    });
+    model::AnyValue { value }
+}

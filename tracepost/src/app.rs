@@ -1,0 +1,363 @@
+//! Starting and stopping the roles.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracepost_collector::{CollectorMetrics, ConvertConfig, Ingest, Pipeline, PipelineConfig};
+use tracepost_storage::{
+    connect_pool, partitions, schema, DatabaseConfig, Pool, SpanWriter, TraceReader,
+};
+
+/// Which parts of tracepost this process runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Collector and query API in one process.
+    Serve,
+    /// OTLP receivers, the write pipeline and partition maintenance; health and metrics on the admin listener.
+    Collector,
+    /// The query API only.
+    Query,
+}
+
+impl Role {
+    fn collects(self) -> bool {
+        matches!(self, Self::Serve | Self::Collector)
+    }
+
+    fn queries(self) -> bool {
+        matches!(self, Self::Serve | Self::Query)
+    }
+}
+
+/// Everything a role needs. The binary fills it from flags and `TRACEPOST_*` variables.
+#[derive(Clone, Debug)]
+pub struct AppConfig {
+    pub database: DatabaseConfig,
+    pub otlp_grpc_listen: SocketAddr,
+    pub otlp_http_listen: SocketAddr,
+    pub query_listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub cluster_name: Option<String>,
+    pub retention: Duration,
+    pub skip_migrations: bool,
+    pub pipeline: PipelineConfig,
+    pub max_request_bytes: usize,
+    pub shutdown_grace: Duration,
+    pub partition_days_ahead: i32,
+    pub maintenance_interval: Duration,
+}
+
+impl AppConfig {
+    /// Defaults for everything but the database, listening on the standard ports.
+    pub fn new(database: DatabaseConfig) -> Self {
+        Self {
+            database,
+            otlp_grpc_listen: ([0, 0, 0, 0], 4317).into(),
+            otlp_http_listen: ([0, 0, 0, 0], 4318).into(),
+            query_listen: ([0, 0, 0, 0], 16686).into(),
+            admin_listen: ([0, 0, 0, 0], 8888).into(),
+            cluster_name: None,
+            retention: Duration::from_secs(7 * 86_400),
+            skip_migrations: false,
+            pipeline: PipelineConfig::default(),
+            max_request_bytes: tracepost_collector::DEFAULT_MAX_REQUEST_BYTES,
+            shutdown_grace: Duration::from_secs(25),
+            partition_days_ahead: 2,
+            maintenance_interval: Duration::from_secs(600),
+        }
+    }
+}
+
+/// A running role: the addresses it bound, and the handle to stop it.
+#[derive(Debug)]
+pub struct App {
+    pub otlp_grpc_addr: Option<SocketAddr>,
+    pub otlp_http_addr: Option<SocketAddr>,
+    pub query_addr: Option<SocketAddr>,
+    pub admin_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl App {
+    /// Begins a graceful shutdown (what SIGTERM does).
+    pub fn begin_shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Waits for the role to stop. An error means spans were left uncommitted (their clients were not
+    /// acknowledged) or a server failed.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("tracepost task panicked")?
+    }
+
+    /// Begins a graceful shutdown and waits for it.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.begin_shutdown();
+        self.wait().await
+    }
+}
+
+#[derive(Clone)]
+struct Health {
+    pool: Pool,
+    ready: Arc<AtomicBool>,
+    registry: Arc<Registry>,
+}
+
+/// Applies pending migrations, retrying while PostgreSQL is unreachable (for up to `patience`).
+pub async fn migrate(pool: &Pool, patience: Duration) -> anyhow::Result<Vec<i32>> {
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match schema::migrate(pool).await {
+            Ok(applied) => return Ok(applied),
+            Err(error @ tracepost_storage::StorageError::Migration { .. }) => {
+                return Err(error.into())
+            }
+            Err(error) if tokio::time::Instant::now() + delay < deadline => {
+                tracing::warn!(%error, "database not ready for migrations, retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => return Err(error).context("applying migrations"),
+        }
+    }
+}
+
+/// Starts a role: migrations (unless skipped), partitions, listeners. Returns once every listener is bound
+/// and the role is ready to serve.
+pub async fn start(role: Role, config: AppConfig) -> anyhow::Result<App> {
+    let pool = connect_pool(&config.database)?;
+    if role.collects() && !config.skip_migrations {
+        let applied = migrate(&pool, Duration::from_secs(60)).await?;
+        if !applied.is_empty() {
+            tracing::info!(?applied, "schema migrated");
+        }
+    }
+
+    let mut registry = Registry::default();
+    let metrics = CollectorMetrics::default();
+    metrics.register(&mut registry);
+    let ready = Arc::new(AtomicBool::new(false));
+    let (shutdown, shutdown_signal) = watch::channel(false);
+    let mut servers: Vec<JoinHandle<std::io::Result<()>>> = Vec::new();
+    let mut app_addrs = (None, None, None, None);
+
+    let mut collector = None;
+    if role.collects() {
+        if let Err(error) = maintain(&pool, &config).await {
+            tracing::warn!(%error, "partition maintenance failed at start; spans go to the default partition");
+        }
+        let writer = Arc::new(SpanWriter::new(pool.clone()));
+        let (pipeline, tasks) = Pipeline::start(config.pipeline.clone(), writer, metrics.clone());
+        let ingest = Ingest::new(
+            pipeline.clone(),
+            ConvertConfig {
+                cluster_name: config.cluster_name.clone(),
+            },
+            metrics.clone(),
+            config.max_request_bytes,
+        );
+        let grpc = bind(config.otlp_grpc_listen, "otlp grpc").await?;
+        let http = bind(config.otlp_http_listen, "otlp http").await?;
+        app_addrs.0 = Some(grpc.local_addr()?);
+        app_addrs.1 = Some(http.local_addr()?);
+        servers.push(serve(
+            grpc,
+            tracepost_collector::grpc_router(ingest.clone()),
+            shutdown_signal.clone(),
+        ));
+        servers.push(serve(
+            http,
+            tracepost_collector::http_router(ingest),
+            shutdown_signal.clone(),
+        ));
+        let maintenance = tokio::spawn(run_maintenance(
+            pool.clone(),
+            config.clone(),
+            shutdown_signal.clone(),
+        ));
+        collector = Some((pipeline, tasks, maintenance));
+    }
+
+    let registry = Arc::new(registry);
+    let health = Health {
+        pool: pool.clone(),
+        ready: ready.clone(),
+        registry,
+    };
+    let health_routes = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(health);
+    if role.queries() {
+        let listener = bind(config.query_listen, "query").await?;
+        app_addrs.2 = Some(listener.local_addr()?);
+        let router = tracepost_query::router(TraceReader::new(pool.clone())).merge(health_routes);
+        servers.push(serve(listener, router, shutdown_signal.clone()));
+    } else {
+        let listener = bind(config.admin_listen, "admin").await?;
+        app_addrs.3 = Some(listener.local_addr()?);
+        servers.push(serve(listener, health_routes, shutdown_signal.clone()));
+    }
+
+    ready.store(true, Ordering::SeqCst);
+    let mut signal = shutdown_signal;
+    let grace = config.shutdown_grace;
+    let task = tokio::spawn(async move {
+        let _ = signal.wait_for(|stopping| *stopping).await;
+        ready.store(false, Ordering::SeqCst);
+        tracing::info!(
+            grace_seconds = grace.as_secs(),
+            "shutting down: no new connections, finishing requests in flight"
+        );
+        let deadline = tokio::time::Instant::now() + grace;
+        let failed_before = collector
+            .as_ref()
+            .map_or(0, |(pipeline, _, _)| pipeline.failed_spans());
+        let drained = tokio::time::timeout_at(deadline, async {
+            for server in &mut servers {
+                if let Ok(Err(error)) = server.await {
+                    tracing::error!(%error, "server failed");
+                }
+            }
+        })
+        .await;
+        // Past the grace period, stop serving where we are, as the process exit that follows would.
+        let abort_servers = || servers.iter().for_each(JoinHandle::abort);
+        let Some((pipeline, mut tasks, maintenance)) = collector else {
+            abort_servers();
+            return Ok(());
+        };
+        maintenance.abort();
+        pipeline.close();
+        let joined = tokio::time::timeout_at(deadline, tasks.join()).await;
+        let pending = pipeline.pending_spans();
+        tasks.abort();
+        abort_servers();
+        let failed = pipeline.failed_spans() - failed_before;
+        if drained.is_err() || joined.is_err() || pending > 0 || failed > 0 {
+            tracing::error!(
+                uncommitted_spans = pending,
+                failed_spans = failed,
+                "shutdown grace period ended with spans not committed; their clients were not acknowledged"
+            );
+            anyhow::bail!(
+                "{} span(s) not committed at shutdown",
+                pending as u64 + failed
+            );
+        }
+        tracing::info!("shutdown complete, every acknowledged span is committed");
+        Ok(())
+    });
+    Ok(App {
+        otlp_grpc_addr: app_addrs.0,
+        otlp_http_addr: app_addrs.1,
+        query_addr: app_addrs.2,
+        admin_addr: app_addrs.3,
+        shutdown,
+        task,
+    })
+}
+
+async fn bind(address: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("binding the {what} listener on {address}"))
+}
+
+fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    mut shutdown: watch::Receiver<bool>,
+) -> JoinHandle<std::io::Result<()>> {
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = shutdown.wait_for(|stopping| *stopping).await;
+            })
+            .await
+    })
+}
+
+async fn maintain(pool: &Pool, config: &AppConfig) -> Result<(), tracepost_storage::StorageError> {
+    let now = tracepost_storage::time::now_unix_nanos();
+    partitions::maintain(pool, now, config.partition_days_ahead, config.retention)
+        .await
+        .map(|_| ())
+}
+
+async fn run_maintenance(pool: Pool, config: AppConfig, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(config.maintenance_interval) => {}
+            _ = shutdown.wait_for(|stopping| *stopping) => return,
+        }
+        if let Err(error) = maintain(&pool, &config).await {
+            tracing::warn!(%error, "partition maintenance failed, retrying at the next interval");
+        }
+    }
+}
+
+async fn readyz(State(health): State<Health>) -> Response {
+    if !health.ready.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    let version = tokio::time::timeout(
+        Duration::from_secs(2),
+        schema::current_version(&health.pool),
+    )
+    .await;
+    match version {
+        Ok(Ok(version)) if version >= schema::REQUIRED_VERSION => {
+            (StatusCode::OK, "ready\n").into_response()
+        }
+        Ok(Ok(version)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "schema version {version}, need {}: run `tracepost migrate`\n",
+                schema::REQUIRED_VERSION
+            ),
+        )
+            .into_response(),
+        Ok(Err(error)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("database unreachable: {error}\n"),
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database did not answer within 2s\n",
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics_text(State(health): State<Health>) -> Response {
+    let mut body = String::new();
+    if let Err(error) = prometheus_client::encoding::text::encode(&mut body, &health.registry) {
+        tracing::error!(%error, "cannot encode metrics");
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
