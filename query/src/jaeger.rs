@@ -54,9 +54,6 @@ pub struct Span {
     pub trace_id: String,
     #[serde(rename = "spanID")]
     pub span_id: String,
-    /// The OTLP span flags, left out of the JSON when zero.
-    #[serde(skip_serializing_if = "is_zero")]
-    pub flags: u32,
     pub operation_name: String,
     pub references: Vec<Reference>,
     /// Microseconds since the Unix epoch.
@@ -180,11 +177,10 @@ impl Serialize for Processes {
     }
 }
 
-fn is_zero(value: &u32) -> bool {
-    *value == 0
-}
-
 /// Renders a stored trace as a Jaeger UI trace, keeping the stored span order.
+///
+/// Span `flags` are left out, as Jaeger's own OTLP translator does: OTLP's flag bits (W3C trace flags,
+/// parent-is-remote) do not mean what Jaeger's do.
 pub fn to_jaeger_trace(trace: &StoredTrace) -> Trace {
     let mut processes = ProcessTable::default();
     let spans = trace
@@ -273,7 +269,6 @@ fn to_jaeger_span(span: &model::Span, process_id: String) -> Span {
     Span {
         trace_id: jaeger_trace_id(&span.trace_id),
         span_id: span.span_id.to_hex(),
-        flags: span.detail.flags,
         operation_name: span.original_name().to_owned(),
         references: references(span),
         start_time: span.start_time_unix_nano / 1000,

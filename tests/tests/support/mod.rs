@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use opentelemetry::trace::{
@@ -17,10 +18,56 @@ use opentelemetry_sdk::Resource;
 use tracepost::{App, AppConfig, Role};
 use tracepost_storage::DatabaseConfig;
 
-/// The PostgreSQL server tests create their databases on.
+/// The PostgreSQL server tests create their databases on: `TRACEPOST_TEST_DATABASE_URL`, or else a private
+/// cluster started by `scripts/pg-cluster.sh` (never the system's).
 pub fn admin_url() -> String {
-    std::env::var("TRACEPOST_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres?sslmode=disable".to_owned())
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        std::env::var("TRACEPOST_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| private_cluster("test", false))
+    })
+    .clone()
+}
+
+/// Starts (or reuses) a private cluster and returns its URL.
+pub fn private_cluster(name: &str, tls: bool) -> String {
+    let script = format!("{}/../scripts/pg-cluster.sh", env!("CARGO_MANIFEST_DIR"));
+    let mut command = std::process::Command::new("bash");
+    command.arg(&script).args(["start", name]);
+    if tls {
+        command.arg("--tls");
+    }
+    let output = command
+        .output()
+        .unwrap_or_else(|error| panic!("running {script}: {error}"));
+    assert!(
+        output.status.success(),
+        "{script} start {name} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .expect("utf-8 url")
+        .trim()
+        .to_owned()
+}
+
+/// The CA certificate of a `--tls` private cluster.
+pub fn private_cluster_ca(name: &str) -> String {
+    let script = format!("{}/../scripts/pg-cluster.sh", env!("CARGO_MANIFEST_DIR"));
+    let output = std::process::Command::new("bash")
+        .arg(&script)
+        .args(["ca", name])
+        .output()
+        .expect("run script");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .expect("utf-8 path")
+        .trim()
+        .to_owned()
 }
 
 /// A database of its own for one test.
