@@ -70,7 +70,7 @@ SQL
     ready || { cat "$work/serve.log" >&2; exit 1; }
     cpu_before=$(cpu_seconds "$pid")
     result=$("$bin" loadgen --protocol http --endpoint "http://127.0.0.1:$http_port" --spans "$spans" --seed 42 \
-        --concurrency "$concurrency" --quiet | grep '^RESULT')
+        --concurrency "$concurrency" --pregenerate --quiet | grep '^RESULT')
     cpu_after=$(cpu_seconds "$pid")
     rss_kib=$(awk '/VmHWM/ { print $2 }' "/proc/$pid/status")
     kill -TERM "$pid"

@@ -147,7 +147,7 @@ HBA
     echo "$port" >"$dir/port"
     chmod 644 "$dir/port"
     as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
-        -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir -c max_connections=300" start >&2 \
+        -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir -c max_connections=300" start >&2 9>&- \
         || { tail -20 "$dir/postgres.log" >&2; exit 1; }
     log "cluster $name listening on 127.0.0.1:$port"
     url_of
