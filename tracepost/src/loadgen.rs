@@ -356,6 +356,9 @@ enum Client {
     Grpc(Box<TraceServiceClient<tonic::transport::Channel>>),
 }
 
+/// An encoded request, its first trace ID and its span count.
+type Pregenerated = (Bytes, [u8; 16], u64);
+
 /// A request to send: built on the fly, or encoded ahead of time (`--pregenerate`).
 enum Payload {
     Message(ExportTraceServiceRequest),
@@ -469,7 +472,7 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
     let counters = Arc::new(Counters::default());
     let next_request = Arc::new(AtomicU64::new(0));
     let sample_trace = Arc::new(std::sync::Mutex::new(None::<[u8; 16]>));
-    let pregenerated: Option<Arc<Vec<(Bytes, [u8; 16], u64)>>> = args.pregenerate.then(|| {
+    let pregenerated: Option<Arc<Vec<Pregenerated>>> = args.pregenerate.then(|| {
         let all = (0..requests)
             .map(|index| {
                 let generated = generate_request(&args, &resources, index, base_nanos);
