@@ -13,8 +13,7 @@ use opentelemetry_proto::tonic::trace::v1 as otlp_trace;
 use prost::Message;
 use tracepost_storage::copy::{encode_span_row, sanitize_text, RowContext};
 use tracepost_storage::model::{
-    self, find_attribute, Resource, Scope, Span, SpanDetail, SpanId, SpanKind, StatusCode, TraceId,
-    NO_SERVICE_NAME,
+    self, find_attribute, Resource, Scope, Span, SpanDetail, SpanId, SpanKind, StatusCode, TraceId, NO_SERVICE_NAME,
 };
 use tracepost_storage::time::day_of;
 use tracepost_storage::{EncodedSpans, ResourceRow};
@@ -81,7 +80,7 @@ impl Converted {
         parts.join("; ")
     }
 
-    fn reject(&mut self, reason: RejectReason) {
+    pub(crate) fn reject(&mut self, reason: RejectReason) {
         match self.rejected.iter_mut().find(|(seen, _)| *seen == reason) {
             Some((_, count)) => *count += 1,
             None => self.rejected.push((reason, 1)),
@@ -95,38 +94,18 @@ pub fn convert_request(request: ExportTraceServiceRequest, config: &ConvertConfi
     let mut rows = BytesMut::new();
     let mut resource_days = HashSet::new();
     for resource_spans in request.resource_spans {
-        let span_total: usize = resource_spans
-            .scope_spans
-            .iter()
-            .map(|scope| scope.spans.len())
-            .sum();
-        if span_total == 0 {
-            continue;
-        }
         let otlp_resource = resource_spans.resource.unwrap_or_default();
         let resource = Resource {
             attributes: convert_attributes(otlp_resource.attributes),
             dropped_attributes_count: otlp_resource.dropped_attributes_count,
             schema_url: resource_spans.schema_url,
         };
-        let service =
-            match find_attribute(&resource.attributes, "service.name").and_then(|kv| kv.as_str()) {
-                Some(name) if !name.is_empty() => sanitize_text(name).into_owned(),
-                _ => NO_SERVICE_NAME.to_owned(),
-            };
-        let cluster = find_attribute(&resource.attributes, "k8s.cluster.name")
-            .and_then(|kv| kv.as_str())
-            .filter(|name| !name.is_empty())
-            .map(|name| sanitize_text(name).into_owned())
-            .or_else(|| config.cluster_name.clone());
-        let body = Bytes::from(resource.encode_to_vec());
-        let resource_id = resource_id_of(&body);
-        let context = RowContext {
-            service: &service,
-            cluster: cluster.as_deref(),
-            resource_id,
-        };
-
+        let info = ResourceInfo::new(
+            find_attribute(&resource.attributes, "service.name").and_then(|kv| kv.as_str()),
+            find_attribute(&resource.attributes, "k8s.cluster.name").and_then(|kv| kv.as_str()),
+            Bytes::from(resource.encode_to_vec()),
+            config,
+        );
         for scope_spans in resource_spans.scope_spans {
             let scope = convert_scope(scope_spans.scope, scope_spans.schema_url);
             for otlp_span in scope_spans.spans {
@@ -137,23 +116,127 @@ pub fn convert_request(request: ExportTraceServiceRequest, config: &ConvertConfi
                         continue;
                     }
                 };
-                let day = day_of(i64::try_from(span.start_time_unix_nano).unwrap_or(i64::MAX));
-                if resource_days.insert((resource_id, day)) {
-                    converted.encoded.resources.push(ResourceRow {
-                        id: resource_id,
-                        day,
-                        service: service.clone(),
-                        cluster: cluster.clone(),
-                        body: body.clone(),
-                    });
-                }
-                encode_span_row(&mut rows, context, &span);
+                info.note_day(
+                    span.start_time_unix_nano,
+                    &mut resource_days,
+                    &mut converted.encoded.resources,
+                );
+                encode_span_row(&mut rows, info.context(), &span);
                 converted.encoded.span_count += 1;
             }
         }
     }
     converted.encoded.rows = rows.freeze();
     converted
+}
+
+/// Service name, cluster and ID of a resource, derived once per `ResourceSpans`.
+#[derive(Clone, Debug)]
+pub(crate) struct ResourceInfo {
+    service: String,
+    cluster: Option<String>,
+    id: i64,
+    body: Bytes,
+}
+
+impl ResourceInfo {
+    /// `service_name` and `cluster_name` are the resource's `service.name` and `k8s.cluster.name` string
+    /// attributes, if any; `body` is the protobuf of its [`Resource`].
+    pub(crate) fn new(
+        service_name: Option<&str>,
+        cluster_name: Option<&str>,
+        body: Bytes,
+        config: &ConvertConfig,
+    ) -> Self {
+        let service = match service_name {
+            Some(name) if !name.is_empty() => sanitize_text(name).into_owned(),
+            _ => NO_SERVICE_NAME.to_owned(),
+        };
+        let cluster = cluster_name
+            .filter(|name| !name.is_empty())
+            .map(|name| sanitize_text(name).into_owned())
+            .or_else(|| config.cluster_name.clone());
+        let id = resource_id_of(&body);
+        Self {
+            service,
+            cluster,
+            id,
+            body,
+        }
+    }
+
+    pub(crate) fn context(&self) -> RowContext<'_> {
+        RowContext {
+            service: &self.service,
+            cluster: self.cluster.as_deref(),
+            resource_id: self.id,
+        }
+    }
+
+    /// Records that a span starting at `start_time_unix_nano` references this resource: one resource row per
+    /// (resource, day) a request touches.
+    pub(crate) fn note_day(
+        &self,
+        start_time_unix_nano: u64,
+        seen: &mut HashSet<(i64, i32)>,
+        rows: &mut Vec<ResourceRow>,
+    ) {
+        let day = day_of(i64::try_from(start_time_unix_nano).unwrap_or(i64::MAX));
+        if seen.insert((self.id, day)) {
+            rows.push(ResourceRow {
+                id: self.id,
+                day,
+                service: self.service.clone(),
+                cluster: self.cluster.clone(),
+                body: self.body.clone(),
+            });
+        }
+    }
+}
+
+/// The validated identity of a span, shared by the generated-types path and the wire fast path.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ValidIds {
+    pub(crate) trace_id: TraceId,
+    pub(crate) span_id: SpanId,
+    pub(crate) parent_span_id: Option<SpanId>,
+}
+
+/// Checks IDs and times: a trace ID is 16 bytes and not all zero, a span ID 8 bytes and not all zero, a
+/// parent span ID empty or 8 bytes (all zero means none), start time not zero and end not before start.
+pub(crate) fn validate_span(
+    trace_id: &[u8],
+    span_id: &[u8],
+    parent_span_id: &[u8],
+    start_time_unix_nano: u64,
+    end_time_unix_nano: u64,
+) -> Result<ValidIds, RejectReason> {
+    let trace_id = <[u8; 16]>::try_from(trace_id)
+        .map(TraceId)
+        .ok()
+        .filter(|id| !id.is_zero())
+        .ok_or(RejectReason::InvalidTraceId)?;
+    let span_id = <[u8; 8]>::try_from(span_id)
+        .map(SpanId)
+        .ok()
+        .filter(|id| !id.is_zero())
+        .ok_or(RejectReason::InvalidSpanId)?;
+    let parent_span_id = match <[u8; 8]>::try_from(parent_span_id) {
+        Ok(bytes) => Some(SpanId(bytes)).filter(|id| !id.is_zero()),
+        Err(_) if parent_span_id.is_empty() => None,
+        Err(_) => return Err(RejectReason::InvalidParentSpanId),
+    };
+    if start_time_unix_nano == 0 {
+        return Err(RejectReason::MissingStartTime);
+    }
+    if end_time_unix_nano < start_time_unix_nano {
+        return Err(RejectReason::EndBeforeStart);
+    }
+    Ok(ValidIds {
+        trace_id,
+        span_id,
+        parent_span_id,
+    })
 }
 
 /// A stable 64-bit ID for a resource: FNV-1a of its protobuf encoding.
@@ -166,10 +249,7 @@ fn resource_id_of(body: &[u8]) -> i64 {
     hash as i64
 }
 
-fn convert_scope(
-    scope: Option<otlp_common::InstrumentationScope>,
-    schema_url: String,
-) -> Option<Scope> {
+fn convert_scope(scope: Option<otlp_common::InstrumentationScope>, schema_url: String) -> Option<Scope> {
     let scope = scope.unwrap_or_default();
     if scope.name.is_empty()
         && scope.version.is_empty()
@@ -189,30 +269,17 @@ fn convert_scope(
 }
 
 fn convert_span(span: otlp_trace::Span, scope: Option<&Scope>) -> Result<Span, RejectReason> {
-    let trace_id = <[u8; 16]>::try_from(span.trace_id.as_slice())
-        .map(TraceId)
-        .ok()
-        .filter(|id| !id.is_zero())
-        .ok_or(RejectReason::InvalidTraceId)?;
-    let span_id = <[u8; 8]>::try_from(span.span_id.as_slice())
-        .map(SpanId)
-        .ok()
-        .filter(|id| !id.is_zero())
-        .ok_or(RejectReason::InvalidSpanId)?;
-    let parent_span_id = match span.parent_span_id.len() {
-        0 => None,
-        8 => Some(SpanId(
-            <[u8; 8]>::try_from(span.parent_span_id.as_slice()).unwrap_or_default(),
-        ))
-        .filter(|id| !id.is_zero()),
-        _ => return Err(RejectReason::InvalidParentSpanId),
-    };
-    if span.start_time_unix_nano == 0 {
-        return Err(RejectReason::MissingStartTime);
-    }
-    if span.end_time_unix_nano < span.start_time_unix_nano {
-        return Err(RejectReason::EndBeforeStart);
-    }
+    let ValidIds {
+        trace_id,
+        span_id,
+        parent_span_id,
+    } = validate_span(
+        &span.trace_id,
+        &span.span_id,
+        &span.parent_span_id,
+        span.start_time_unix_nano,
+        span.end_time_unix_nano,
+    )?;
     let (name, original_name) = match sanitize_text(&span.name) {
         std::borrow::Cow::Borrowed(_) => (span.name, None),
         std::borrow::Cow::Owned(safe) => (safe, Some(span.name)),

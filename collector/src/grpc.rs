@@ -4,42 +4,43 @@ use std::time::Duration;
 
 use axum::extract::Request;
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
+use bytes::{Buf, Bytes};
 use http::HeaderValue;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use tonic::codec::CompressionEncoding;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use prost::Message;
+use tonic::codec::{CompressionEncoding, EnabledCompressionEncodings};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::ingest::{ExportError, Ingest, Transport};
+use crate::ingest::{ExportError, Ingest, PayloadFormat, Transport};
 
 /// How long clients are told to wait before retrying a refused export.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// The gRPC method path of OTLP trace export.
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// `TraceService/Export`, taking the request as raw bytes so it goes through the same protobuf fast path as
+/// OTLP/HTTP ([`crate::wire`]) instead of tonic's generated decoder.
 #[derive(Clone, Debug)]
-struct GrpcTraceService {
+struct ExportMethod {
     ingest: Ingest,
 }
 
-#[tonic::async_trait]
-impl TraceService for GrpcTraceService {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, Status> {
-        match self
-            .ingest
-            .export(request.into_inner(), Transport::Grpc)
-            .await
-        {
-            Ok(response) => Ok(tonic::Response::new(response)),
-            Err(error) => Err(status_of(&error)),
-        }
+impl tonic::server::UnaryService<Bytes> for ExportMethod {
+    type Response = ExportTraceServiceResponse;
+    type Future = futures_util::future::BoxFuture<'static, Result<tonic::Response<Self::Response>, Status>>;
+
+    fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
+        let ingest = self.ingest.clone();
+        Box::pin(async move {
+            ingest
+                .export_bytes(request.into_inner(), PayloadFormat::Protobuf, Transport::Grpc)
+                .await
+                .map(tonic::Response::new)
+                .map_err(|error| status_of(&error))
+        })
     }
 }
 
@@ -56,23 +57,76 @@ fn status_of(error: &ExportError) -> Status {
     }
 }
 
-/// The gRPC server as an axum router (so both listeners share one HTTP stack), gzip and zstd accepted,
+/// The gRPC server as an axum router (so both listeners share one HTTP stack): gzip and zstd accepted,
 /// requests capped at the ingest's `max_request_bytes` before and after decompression.
 pub fn grpc_router(ingest: Ingest) -> axum::Router {
-    let limit = ingest.max_request_bytes();
-    let service = TraceServiceServer::new(GrpcTraceService {
-        ingest: ingest.clone(),
-    })
-    .accept_compressed(CompressionEncoding::Gzip)
-    .accept_compressed(CompressionEncoding::Zstd)
-    .max_decoding_message_size(limit);
-    tonic::service::Routes::new(service)
-        .prepare()
-        .into_axum_router()
-        .layer(axum::middleware::from_fn_with_state(
-            ingest,
-            map_codec_status,
-        ))
+    let export = {
+        let ingest = ingest.clone();
+        move |request: Request| async move {
+            let mut accept = EnabledCompressionEncodings::default();
+            accept.enable(CompressionEncoding::Gzip);
+            accept.enable(CompressionEncoding::Zstd);
+            let limit = ingest.max_request_bytes();
+            let mut grpc = tonic::server::Grpc::new(RawCodec)
+                .apply_compression_config(accept, EnabledCompressionEncodings::default())
+                .apply_max_message_size_config(Some(limit), None);
+            grpc.unary(ExportMethod { ingest }, request).await.into_response()
+        }
+    };
+    axum::Router::new()
+        .route(EXPORT_PATH, axum::routing::post(export))
+        .fallback(|| async {
+            let mut response = Status::unimplemented("unknown method").into_http::<axum::body::Body>();
+            response
+                .headers_mut()
+                .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+            response
+        })
+        .layer(axum::middleware::from_fn_with_state(ingest, map_codec_status))
+}
+
+/// Decodes requests into the raw message bytes and encodes `ExportTraceServiceResponse`s with prost.
+#[derive(Clone, Copy, Debug, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = ExportTraceServiceResponse;
+    type Decode = Bytes;
+    type Encoder = ResponseEncoder;
+    type Decoder = BytesDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ResponseEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        BytesDecoder
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ResponseEncoder;
+
+impl tonic::codec::Encoder for ResponseEncoder {
+    type Item = ExportTraceServiceResponse;
+    type Error = Status;
+
+    fn encode(&mut self, item: Self::Item, buffer: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode(buffer)
+            .map_err(|error| Status::internal(format!("cannot encode response: {error}")))
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct BytesDecoder;
+
+impl tonic::codec::Decoder for BytesDecoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, buffer: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(buffer.copy_to_bytes(buffer.remaining())))
+    }
 }
 
 /// tonic reports an oversized message as `OUT_OF_RANGE` and an undecodable one as `INTERNAL`; OTLP clients
@@ -99,9 +153,7 @@ async fn map_codec_status(
     };
     let (error, new_code) = match code.map(Code::from_i32) {
         Some(Code::OutOfRange) => (ExportError::TooLarge(message()), Code::ResourceExhausted),
-        Some(Code::ResourceExhausted) => {
-            (ExportError::TooLarge(message()), Code::ResourceExhausted)
-        }
+        Some(Code::ResourceExhausted) => (ExportError::TooLarge(message()), Code::ResourceExhausted),
         Some(Code::Internal) => (ExportError::Decode(message()), Code::InvalidArgument),
         _ => return response,
     };

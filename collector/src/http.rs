@@ -17,16 +17,13 @@ use crate::ingest::{ExportError, Ingest, PayloadFormat, Transport};
 
 /// The OTLP/HTTP router: `POST /v1/traces`.
 pub fn http_router(ingest: Ingest) -> axum::Router {
-    axum::Router::new()
-        .route("/v1/traces", post(export))
-        .with_state(ingest)
+    axum::Router::new().route("/v1/traces", post(export)).with_state(ingest)
 }
 
 async fn export(State(ingest): State<Ingest>, request: Request) -> Response {
     let Some(format) = payload_format(request.headers()) else {
-        let error = ExportError::Decode(
-            "unsupported content-type: use application/x-protobuf or application/json".into(),
-        );
+        let error =
+            ExportError::Decode("unsupported content-type: use application/x-protobuf or application/json".into());
         ingest.count_refusal(Transport::Http, &error);
         return error_response(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -41,7 +38,7 @@ async fn export(State(ingest): State<Ingest>, request: Request) -> Response {
             return export_error_response(format, &error);
         }
     };
-    match ingest.export_bytes(body, format).await {
+    match ingest.export_bytes(body, format, Transport::Http).await {
         Ok(response) => success_response(format, &response),
         Err(error) => export_error_response(format, &error),
     }
@@ -111,12 +108,7 @@ fn success_response(format: PayloadFormat, response: &ExportTraceServiceResponse
             .into_response(),
         PayloadFormat::Json => {
             let body = serde_json::to_vec(response).unwrap_or_else(|_| b"{}".to_vec());
-            (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, "application/json")],
-                body,
-            )
-                .into_response()
+            (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response()
         }
     }
 }
@@ -130,10 +122,9 @@ fn export_error_response(format: PayloadFormat, error: &ExportError) -> Response
     };
     let mut response = error_response(status, format, &error.to_string());
     if status == StatusCode::SERVICE_UNAVAILABLE {
-        response.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(RETRY_AFTER.as_secs()),
-        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER.as_secs()));
     }
     response
 }
@@ -158,21 +149,14 @@ fn error_response(status: StatusCode, format: PayloadFormat, message: &str) -> R
         }
         PayloadFormat::Json => {
             let body = serde_json::json!({ "code": code, "message": message });
-            (
-                status,
-                [(header::CONTENT_TYPE, "application/json")],
-                body.to_string(),
-            )
-                .into_response()
+            (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
         }
     }
 }
 
 fn grpc_code_for(status: StatusCode) -> i32 {
     match status {
-        StatusCode::BAD_REQUEST | StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-            tonic::Code::InvalidArgument as i32
-        }
+        StatusCode::BAD_REQUEST | StatusCode::UNSUPPORTED_MEDIA_TYPE => tonic::Code::InvalidArgument as i32,
         StatusCode::PAYLOAD_TOO_LARGE => tonic::Code::ResourceExhausted as i32,
         StatusCode::SERVICE_UNAVAILABLE => tonic::Code::Unavailable as i32,
         _ => tonic::Code::Internal as i32,

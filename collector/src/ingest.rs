@@ -6,11 +6,11 @@ use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use prost::Message;
 
 use crate::convert::{convert_request, ConvertConfig, Converted};
 use crate::metrics::{ReasonLabels, RefusalLabels, TransportLabels};
 use crate::pipeline::{IngestError, Pipeline};
+use crate::wire::convert_protobuf;
 use crate::CollectorMetrics;
 
 /// The transport a request came in on (a metric label).
@@ -93,45 +93,27 @@ impl Ingest {
         self.inner.max_request_bytes
     }
 
-    /// Exports a request tonic has already decoded.
-    pub async fn export(
-        &self,
-        request: ExportTraceServiceRequest,
-        transport: Transport,
-    ) -> Result<ExportTraceServiceResponse, ExportError> {
-        let inner = self.inner.clone();
-        let converted = self
-            .run_blocking(move || {
-                count_received(&inner.metrics, &request, transport);
-                Ok(convert_request(request, &inner.convert))
-            })
-            .await;
-        self.finish(converted, transport).await
-    }
-
-    /// Decodes and exports an OTLP/HTTP body (already decompressed).
+    /// Decodes and exports an OTLP body (already decompressed): protobuf through the wire fast path,
+    /// JSON through the generated types.
     pub async fn export_bytes(
         &self,
         body: Bytes,
         format: PayloadFormat,
+        transport: Transport,
     ) -> Result<ExportTraceServiceResponse, ExportError> {
         let inner = self.inner.clone();
         let converted = self
-            .run_blocking(move || {
-                let request = match format {
-                    PayloadFormat::Protobuf => {
-                        ExportTraceServiceRequest::decode(body).map_err(|error| {
-                            ExportError::Decode(format!("invalid protobuf: {error}"))
-                        })?
-                    }
-                    PayloadFormat::Json => serde_json::from_slice(&body)
-                        .map_err(|error| ExportError::Decode(format!("invalid json: {error}")))?,
-                };
-                count_received(&inner.metrics, &request, Transport::Http);
-                Ok(convert_request(request, &inner.convert))
+            .run_blocking(move || match format {
+                PayloadFormat::Protobuf => convert_protobuf(&body, &inner.convert)
+                    .map_err(|error| ExportError::Decode(format!("invalid protobuf: {error}"))),
+                PayloadFormat::Json => {
+                    let request: ExportTraceServiceRequest = serde_json::from_slice(&body)
+                        .map_err(|error| ExportError::Decode(format!("invalid json: {error}")))?;
+                    Ok(convert_request(request, &inner.convert))
+                }
             })
             .await;
-        self.finish(converted, Transport::Http).await
+        self.finish(converted, transport).await
     }
 
     /// Counts a request refused before it reached [`Ingest::export`] (size, encoding, content type).
@@ -164,11 +146,7 @@ impl Ingest {
     ) -> Result<Converted, ExportError> {
         tokio::task::spawn_blocking(work)
             .await
-            .unwrap_or_else(|error| {
-                Err(ExportError::Decode(format!(
-                    "request could not be processed: {error}"
-                )))
-            })
+            .unwrap_or_else(|error| Err(ExportError::Decode(format!("request could not be processed: {error}"))))
     }
 
     async fn finish(
@@ -193,9 +171,7 @@ impl Ingest {
         for (reason, count) in &converted.rejected {
             metrics
                 .spans_rejected
-                .get_or_create(&ReasonLabels {
-                    reason: reason.label(),
-                })
+                .get_or_create(&ReasonLabels { reason: reason.label() })
                 .inc_by(*count);
         }
         let rejected = converted.rejected_count();
@@ -206,9 +182,7 @@ impl Ingest {
             self.count_refused_request(transport, &error);
             metrics
                 .spans_refused
-                .get_or_create(&ReasonLabels {
-                    reason: error.label(),
-                })
+                .get_or_create(&ReasonLabels { reason: error.label() })
                 .inc_by(accepted);
             return Err(error);
         }
@@ -218,25 +192,4 @@ impl Ingest {
         });
         Ok(ExportTraceServiceResponse { partial_success })
     }
-}
-
-fn count_received(
-    metrics: &CollectorMetrics,
-    request: &ExportTraceServiceRequest,
-    transport: Transport,
-) {
-    let labels = TransportLabels {
-        transport: transport.label(),
-    };
-    metrics.requests.get_or_create(&labels).inc();
-    let spans: usize = request
-        .resource_spans
-        .iter()
-        .flat_map(|resource| resource.scope_spans.iter())
-        .map(|scope| scope.spans.len())
-        .sum();
-    metrics
-        .spans_received
-        .get_or_create(&labels)
-        .inc_by(spans as u64);
 }

@@ -9,6 +9,7 @@ pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod pipeline;
+pub mod wire;
 
 pub use convert::ConvertConfig;
 pub use grpc::grpc_router;

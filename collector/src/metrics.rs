@@ -66,11 +66,7 @@ impl Default for CollectorMetrics {
 impl CollectorMetrics {
     pub fn register(&self, registry: &mut Registry) {
         let registry = registry.sub_registry_with_prefix("tracepost");
-        registry.register(
-            "otlp_requests",
-            "OTLP export requests received",
-            self.requests.clone(),
-        );
+        registry.register("otlp_requests", "OTLP export requests received", self.requests.clone());
         registry.register(
             "spans_received",
             "Spans received in OTLP requests",
@@ -121,11 +117,7 @@ impl CollectorMetrics {
             "Time to COPY and commit one batch",
             self.batch_write_seconds.clone(),
         );
-        registry.register(
-            "batch_spans",
-            "Spans per committed batch",
-            self.batch_spans.clone(),
-        );
+        registry.register("batch_spans", "Spans per committed batch", self.batch_spans.clone());
         registry.register(
             "inflight_bytes",
             "Encoded span bytes admitted and not yet committed",

@@ -143,14 +143,9 @@ const PERMIT_BYTES: usize = 1024;
 
 impl Pipeline {
     /// Starts the batcher and writer tasks.
-    pub fn start(
-        config: PipelineConfig,
-        writer: Arc<SpanWriter>,
-        metrics: CollectorMetrics,
-    ) -> (Self, PipelineTasks) {
+    pub fn start(config: PipelineConfig, writer: Arc<SpanWriter>, metrics: CollectorMetrics) -> (Self, PipelineTasks) {
         let admission_permits =
-            u32::try_from(config.max_inflight_bytes.div_ceil(PERMIT_BYTES).max(1))
-                .unwrap_or(u32::MAX);
+            u32::try_from(config.max_inflight_bytes.div_ceil(PERMIT_BYTES).max(1)).unwrap_or(u32::MAX);
         let (item_sender, item_receiver) = mpsc::channel(1024);
         let (batch_sender, batch_receiver) = mpsc::channel::<Vec<Item>>(config.writers.max(1));
         let batch_receiver = Arc::new(tokio::sync::Mutex::new(batch_receiver));
@@ -186,12 +181,7 @@ impl Pipeline {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone();
         let sender = sender.ok_or(IngestError::ShuttingDown)?;
-        let bytes = spans.rows.len()
-            + spans
-                .resources
-                .iter()
-                .map(|row| row.body.len())
-                .sum::<usize>();
+        let bytes = spans.rows.len() + spans.resources.iter().map(|row| row.body.len()).sum::<usize>();
         let permits = u32::try_from(bytes.div_ceil(PERMIT_BYTES))
             .unwrap_or(u32::MAX)
             .clamp(1, self.admission_permits);
@@ -241,11 +231,7 @@ impl Pipeline {
     }
 }
 
-async fn run_batcher(
-    config: PipelineConfig,
-    mut items: mpsc::Receiver<Item>,
-    batches: mpsc::Sender<Vec<Item>>,
-) {
+async fn run_batcher(config: PipelineConfig, mut items: mpsc::Receiver<Item>, batches: mpsc::Sender<Vec<Item>>) {
     let mut pending: Vec<Item> = Vec::new();
     let mut pending_spans = 0usize;
     let mut pending_bytes = 0usize;
@@ -297,8 +283,7 @@ async fn run_writer(
                 // One request's data was refused: write each request alone so the others still land.
                 tracing::warn!(%reason, requests = batch.len(), "batch refused, writing its requests one by one");
                 for item in batch {
-                    let outcome =
-                        write_with_retry(&writer, &[&item.spans], deadline, &metrics).await;
+                    let outcome = write_with_retry(&writer, &[&item.spans], deadline, &metrics).await;
                     finish(vec![item], outcome, &metrics);
                 }
             }
@@ -339,9 +324,7 @@ async fn write_with_retry(
         let started = Instant::now();
         let error = match writer.write(parts).await {
             Ok(()) => {
-                metrics
-                    .batch_write_seconds
-                    .observe(started.elapsed().as_secs_f64());
+                metrics.batch_write_seconds.observe(started.elapsed().as_secs_f64());
                 return Ok(());
             }
             Err(error) => error,

@@ -92,10 +92,7 @@ async fn get_trace_v3<S: TraceSource>(
 }
 
 /// Parses a trace ID path segment: 1 to 32 hex characters, surrounding whitespace ignored.
-fn parse_trace_id(
-    path: Result<Path<String>, PathRejection>,
-    parameter: &str,
-) -> Result<TraceId, QueryError> {
+fn parse_trace_id(path: Result<Path<String>, PathRejection>, parameter: &str) -> Result<TraceId, QueryError> {
     let malformed = || {
         QueryError::BadRequest(format!(
             "malformed parameter '{parameter}': expected 1 to 32 hex characters"
@@ -126,9 +123,9 @@ fn parse_timestamp(params: &[(String, String)], name: &str) -> Result<Option<i64
     else {
         return Ok(None);
     };
-    let value: i64 = text.parse().map_err(|error| {
-        QueryError::BadRequest(format!("unable to parse param '{name}': {error}"))
-    })?;
+    let value: i64 = text
+        .parse()
+        .map_err(|error| QueryError::BadRequest(format!("unable to parse param '{name}': {error}")))?;
     let micros = if value < MILLIS_CUTOFF {
         value.saturating_mul(1000)
     } else {
@@ -138,11 +135,7 @@ fn parse_timestamp(params: &[(String, String)], name: &str) -> Result<Option<i64
 }
 
 /// Reads a trace; a trace with no spans is as missing as no trace.
-async fn fetch<S: TraceSource>(
-    source: &S,
-    trace_id: TraceId,
-    range: TimeRange,
-) -> Result<StoredTrace, QueryError> {
+async fn fetch<S: TraceSource>(source: &S, trace_id: TraceId, range: TimeRange) -> Result<StoredTrace, QueryError> {
     match source.get_trace(trace_id, range).await {
         Ok(Some(trace)) if !trace.spans.is_empty() => Ok(trace),
         Ok(_) => Err(QueryError::NotFound),
@@ -306,11 +299,7 @@ mod tests {
     }
 
     impl TraceSource for FakeSource {
-        async fn get_trace(
-            &self,
-            trace_id: TraceId,
-            range: TimeRange,
-        ) -> Result<Option<StoredTrace>, StorageError> {
+        async fn get_trace(&self, trace_id: TraceId, range: TimeRange) -> Result<Option<StoredTrace>, StorageError> {
             *self.last_range.lock().expect("lock") = Some(range);
             if self.broken {
                 return Err(StorageError::Corrupt("secret detail".to_owned()));
@@ -331,12 +320,8 @@ mod tests {
         let address = listener.local_addr().expect("local address");
         let server = tokio::spawn(async move { axum::serve(listener, routes(source)).await });
         let mut stream = TcpStream::connect(address).await.expect("connect");
-        let request =
-            format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .expect("write request");
+        let request = format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("write request");
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).await.expect("read response");
         server.abort();
@@ -372,8 +357,7 @@ mod tests {
         assert_eq!(reply.status, 200);
         assert_eq!(reply.content_type, "application/json");
         let golden: serde_json::Value =
-            serde_json::from_str(include_str!("testdata/jaeger_trace.json"))
-                .expect("golden file is JSON");
+            serde_json::from_str(include_str!("testdata/jaeger_trace.json")).expect("golden file is JSON");
         assert_eq!(
             reply.body,
             json!({"data": [golden], "total": 0, "limit": 0, "offset": 0, "errors": null})
@@ -383,11 +367,7 @@ mod tests {
     #[tokio::test]
     async fn v1_accepts_the_full_32_character_id_and_no_time_range() {
         let source = FakeSource::with_fixture();
-        let reply = get(
-            source.clone(),
-            "/api/traces/0000000000000000a1b2c3d4e5f60718",
-        )
-        .await;
+        let reply = get(source.clone(), "/api/traces/0000000000000000a1b2c3d4e5f60718").await;
         assert_eq!(reply.status, 200);
         assert_eq!(reply.body["data"][0]["traceID"], "a1b2c3d4e5f60718");
         assert_eq!(source.last_range(), Some(TimeRange::default()));
@@ -450,10 +430,7 @@ mod tests {
             assert_eq!(reply.status, 400, "{id}");
             assert_eq!(
                 reply.body,
-                v1_error(
-                    400,
-                    "malformed parameter 'traceID': expected 1 to 32 hex characters"
-                ),
+                v1_error(400, "malformed parameter 'traceID': expected 1 to 32 hex characters"),
                 "{id}"
             );
         }
@@ -469,16 +446,9 @@ mod tests {
         assert_eq!(reply.status, 400);
         assert_eq!(
             reply.body,
-            v1_error(
-                400,
-                "unable to parse param 'start': invalid digit found in string"
-            )
+            v1_error(400, "unable to parse param 'start': invalid digit found in string")
         );
-        let reply = get(
-            FakeSource::with_fixture(),
-            "/api/traces/a1b2c3d4e5f60718?end=1.5",
-        )
-        .await;
+        let reply = get(FakeSource::with_fixture(), "/api/traces/a1b2c3d4e5f60718?end=1.5").await;
         assert_eq!(reply.status, 400);
         assert_eq!(
             reply.body["errors"][0]["msg"],
@@ -507,8 +477,7 @@ mod tests {
         assert_eq!(reply.status, 200);
         assert_eq!(reply.content_type, "application/json");
         let golden: serde_json::Value =
-            serde_json::from_str(include_str!("testdata/otlp_trace.json"))
-                .expect("golden file is JSON");
+            serde_json::from_str(include_str!("testdata/otlp_trace.json")).expect("golden file is JSON");
         assert_eq!(reply.body, json!({ "result": golden }));
     }
 

@@ -19,14 +19,12 @@
 use std::collections::HashMap;
 
 use tracepost_storage::model::{
-    AnyValue, ArrayValue, Event, KeyValue, KeyValueList, Link, Resource, Scope, Span, SpanDetail,
-    SpanId, SpanKind, StatusCode, StoredResource, StoredSpan, TraceId, Value, NO_SERVICE_NAME,
+    AnyValue, ArrayValue, Event, KeyValue, KeyValueList, Link, Resource, Scope, Span, SpanDetail, SpanId, SpanKind,
+    StatusCode, StoredResource, StoredSpan, TraceId, Value, NO_SERVICE_NAME,
 };
 use tracepost_storage::StoredTrace;
 
-pub(crate) const TRACE_ID: TraceId = TraceId([
-    0, 0, 0, 0, 0, 0, 0, 0, 0xa1, 0xb2, 0xc3, 0xd4, 0xe5, 0xf6, 0x07, 0x18,
-]);
+pub(crate) const TRACE_ID: TraceId = TraceId([0, 0, 0, 0, 0, 0, 0, 0, 0xa1, 0xb2, 0xc3, 0xd4, 0xe5, 0xf6, 0x07, 0x18]);
 pub(crate) const CART_RESOURCE: i64 = 11;
 const DB_RESOURCE: i64 = 22;
 const BARE_RESOURCE: i64 = 33;
@@ -175,8 +173,7 @@ fn span_a() -> Span {
     let links = vec![
         Link {
             trace_id: vec![
-                0x0a, 0xf7, 0x65, 0x19, 0x16, 0xcd, 0x43, 0xdd, 0x84, 0x48, 0xeb, 0x21, 0x1c, 0x80,
-                0x31, 0x9c,
+                0x0a, 0xf7, 0x65, 0x19, 0x16, 0xcd, 0x43, 0xdd, 0x84, 0x48, 0xeb, 0x21, 0x1c, 0x80, 0x31, 0x9c,
             ],
             span_id: vec![0xb7, 0xad, 0x6b, 0x71, 0x69, 0x20, 0x33, 0x31],
             trace_state: "x=1".to_owned(),

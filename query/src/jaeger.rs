@@ -295,8 +295,7 @@ fn references(span: &model::Span) -> Vec<Reference> {
     for link in &span.detail.links {
         let ref_type = link_ref_type(link);
         let links_to_parent = parent.is_some_and(|parent| {
-            link.trace_id.as_slice() == span.trace_id.0.as_slice()
-                && link.span_id.as_slice() == parent.0.as_slice()
+            link.trace_id.as_slice() == span.trace_id.0.as_slice() && link.span_id.as_slice() == parent.0.as_slice()
         });
         if links_to_parent {
             if let Some(parent_reference) = references.first_mut() {
@@ -314,8 +313,7 @@ fn references(span: &model::Span) -> Vec<Reference> {
 }
 
 fn link_ref_type(link: &model::Link) -> RefType {
-    let ref_type =
-        find_attribute(&link.attributes, REF_TYPE_ATTRIBUTE).and_then(model::KeyValue::as_str);
+    let ref_type = find_attribute(&link.attributes, REF_TYPE_ATTRIBUTE).and_then(model::KeyValue::as_str);
     if ref_type == Some(REF_TYPE_CHILD_OF) {
         RefType::ChildOf
     } else {
@@ -341,10 +339,7 @@ fn span_tags(span: &model::Span) -> Vec<KeyValue> {
             tags.push(KeyValue::string("otel.scope.name", scope.name.as_str()));
         }
         if !scope.version.is_empty() {
-            tags.push(KeyValue::string(
-                "otel.scope.version",
-                scope.version.as_str(),
-            ));
+            tags.push(KeyValue::string("otel.scope.version", scope.version.as_str()));
         }
     }
     tags.extend(detail.attributes.iter().map(to_tag));
@@ -369,10 +364,7 @@ fn span_tags(span: &model::Span) -> Vec<KeyValue> {
         ));
     }
     if !detail.trace_state.is_empty() {
-        tags.push(KeyValue::string(
-            "w3c.tracestate",
-            detail.trace_state.as_str(),
-        ));
+        tags.push(KeyValue::string("w3c.tracestate", detail.trace_state.as_str()));
     }
     tags
 }
@@ -426,10 +418,7 @@ fn write_json(value: Option<&model::Value>, out: &mut String) {
         Some(model::Value::Int(number)) => out.push_str(&number.to_string()),
         Some(model::Value::Double(number)) => write_go_float(*number, out),
         Some(model::Value::Bytes(bytes)) => {
-            write_json_string(
-                &base64::engine::general_purpose::STANDARD.encode(bytes),
-                out,
-            );
+            write_json_string(&base64::engine::general_purpose::STANDARD.encode(bytes), out);
         }
         Some(model::Value::Array(array)) => {
             out.push('[');
@@ -511,11 +500,9 @@ mod tests {
 
     #[test]
     fn renders_the_fixture_trace_exactly_as_the_golden_file() {
-        let rendered =
-            serde_json::to_value(to_jaeger_trace(&fixtures::trace())).expect("serializable");
+        let rendered = serde_json::to_value(to_jaeger_trace(&fixtures::trace())).expect("serializable");
         let golden: serde_json::Value =
-            serde_json::from_str(include_str!("testdata/jaeger_trace.json"))
-                .expect("golden file is JSON");
+            serde_json::from_str(include_str!("testdata/jaeger_trace.json")).expect("golden file is JSON");
         assert_eq!(rendered, golden, "rendered:\n{rendered:#}");
     }
 
@@ -525,34 +512,19 @@ mod tests {
         id[15] = 1;
         assert_eq!(jaeger_trace_id(&TraceId(id)), "0000000000000001");
         id[7] = 0xab;
-        assert_eq!(
-            jaeger_trace_id(&TraceId(id)),
-            "00000000000000ab0000000000000001"
-        );
+        assert_eq!(jaeger_trace_id(&TraceId(id)), "00000000000000ab0000000000000001");
         id[0] = 0x10;
-        assert_eq!(
-            jaeger_trace_id(&TraceId(id)),
-            "10000000000000ab0000000000000001"
-        );
+        assert_eq!(jaeger_trace_id(&TraceId(id)), "10000000000000ab0000000000000001");
     }
 
     #[test]
     fn int64_tags_switch_to_strings_beyond_the_javascript_safe_range() {
         let cases = [
             (0, serde_json::json!(0)),
-            (
-                9_007_199_254_740_991,
-                serde_json::json!(9_007_199_254_740_991_i64),
-            ),
-            (
-                -9_007_199_254_740_991,
-                serde_json::json!(-9_007_199_254_740_991_i64),
-            ),
+            (9_007_199_254_740_991, serde_json::json!(9_007_199_254_740_991_i64)),
+            (-9_007_199_254_740_991, serde_json::json!(-9_007_199_254_740_991_i64)),
             (9_007_199_254_740_992, serde_json::json!("9007199254740992")),
-            (
-                -9_007_199_254_740_992,
-                serde_json::json!("-9007199254740992"),
-            ),
+            (-9_007_199_254_740_992, serde_json::json!("-9007199254740992")),
             (i64::MIN, serde_json::json!("-9223372036854775808")),
             (i64::MAX, serde_json::json!("9223372036854775807")),
         ];
@@ -599,19 +571,14 @@ mod tests {
                     model::KeyValue::string("b", "quote\" slash\\ tab\t nl\n bell\u{7}"),
                     model::KeyValue::new("a", model::Value::Int(-1)),
                     model::KeyValue::new("b", model::Value::Bool(false)),
-                    model::KeyValue::new(
-                        "c",
-                        model::Value::Map(model::KeyValueList { values: Vec::new() }),
-                    ),
+                    model::KeyValue::new("c", model::Value::Map(model::KeyValueList { values: Vec::new() })),
                 ],
             }),
             r#"{"a":-1,"b":false,"c":{}}"#,
         );
         check(
             model::Value::Array(model::ArrayValue {
-                values: vec![any(model::Value::Str(
-                    "quote\" slash\\ tab\t nl\n bell\u{7} é".into(),
-                ))],
+                values: vec![any(model::Value::Str("quote\" slash\\ tab\t nl\n bell\u{7} é".into()))],
             }),
             r#"["quote\" slash\\ tab\t nl\n bell\u0007 é"]"#,
         );
@@ -627,11 +594,7 @@ mod tests {
         trace.resources.insert(77, twin);
         trace.spans[1].resource_id = 77;
         let rendered = to_jaeger_trace(&trace);
-        let process_ids: Vec<&str> = rendered
-            .spans
-            .iter()
-            .map(|span| span.process_id.as_str())
-            .collect();
+        let process_ids: Vec<&str> = rendered.spans.iter().map(|span| span.process_id.as_str()).collect();
         assert_eq!(process_ids, ["p1", "p1", "p2", "p1", "p3", "p1"]);
         assert_eq!(rendered.processes.0.len(), 3);
     }

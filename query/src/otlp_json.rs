@@ -46,9 +46,10 @@ pub fn to_traces_data(trace: &StoredTrace) -> TracesData {
         };
         let (scope, schema_url) = to_otlp_scope(stored.span.detail.scope.as_ref());
         let span = to_otlp_span(&stored.span);
-        let existing = group.scope_spans.iter_mut().find(|scope_spans| {
-            scope_spans.scope.as_ref() == Some(&scope) && scope_spans.schema_url == schema_url
-        });
+        let existing = group
+            .scope_spans
+            .iter_mut()
+            .find(|scope_spans| scope_spans.scope.as_ref() == Some(&scope) && scope_spans.schema_url == schema_url);
         match existing {
             Some(scope_spans) => scope_spans.spans.push(span),
             None => group.scope_spans.push(ScopeSpans {
@@ -202,10 +203,7 @@ pub struct OtlpJson<'a>(pub &'a TracesData);
 impl Serialize for OtlpJson<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(None)?;
-        map.serialize_entry(
-            "resourceSpans",
-            &List(&self.0.resource_spans, ResourceSpansJson),
-        )?;
+        map.serialize_entry("resourceSpans", &List(&self.0.resource_spans, ResourceSpansJson))?;
         map.end()
     }
 }
@@ -235,11 +233,7 @@ trait MapExt: SerializeMap {
         self.serialize_entry(key, &hex_encode(bytes))
     }
 
-    fn number<N: Serialize + Default + PartialEq>(
-        &mut self,
-        key: &'static str,
-        value: N,
-    ) -> Result<(), Self::Error> {
+    fn number<N: Serialize + Default + PartialEq>(&mut self, key: &'static str, value: N) -> Result<(), Self::Error> {
         if value == N::default() {
             return Ok(());
         }
@@ -435,16 +429,10 @@ impl Serialize for AnyValueJson<'_> {
         let mut map = serializer.serialize_map(None)?;
         match &self.0.value {
             None => {}
-            Some(any_value::Value::StringValue(text)) => {
-                map.serialize_entry("stringValue", text)?
-            }
+            Some(any_value::Value::StringValue(text)) => map.serialize_entry("stringValue", text)?,
             Some(any_value::Value::BoolValue(flag)) => map.serialize_entry("boolValue", flag)?,
-            Some(any_value::Value::IntValue(number)) => {
-                map.serialize_entry("intValue", &number.to_string())?
-            }
-            Some(any_value::Value::DoubleValue(number)) => {
-                map.serialize_entry("doubleValue", &Double(*number))?
-            }
+            Some(any_value::Value::IntValue(number)) => map.serialize_entry("intValue", &number.to_string())?,
+            Some(any_value::Value::DoubleValue(number)) => map.serialize_entry("doubleValue", &Double(*number))?,
             Some(any_value::Value::BytesValue(bytes)) => {
                 let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
                 map.serialize_entry("bytesValue", &encoded)?;
@@ -517,8 +505,7 @@ mod tests {
     fn renders_the_fixture_trace_exactly_as_the_golden_file() {
         let rendered = rendered_fixture();
         let golden: serde_json::Value =
-            serde_json::from_str(include_str!("testdata/otlp_trace.json"))
-                .expect("golden file is JSON");
+            serde_json::from_str(include_str!("testdata/otlp_trace.json")).expect("golden file is JSON");
         assert_eq!(rendered, golden, "rendered:\n{rendered:#}");
     }
 
@@ -528,8 +515,7 @@ mod tests {
     fn json_decodes_back_to_the_same_traces_data_with_opentelemetry_proto() {
         let data = to_traces_data(&fixtures::trace());
         let json = serde_json::to_string(&OtlpJson(&data)).expect("serializable");
-        let decoded: TracesData =
-            serde_json::from_str(&json).expect("opentelemetry-proto accepts the JSON");
+        let decoded: TracesData = serde_json::from_str(&json).expect("opentelemetry-proto accepts the JSON");
         assert_eq!(decoded, data);
     }
 
@@ -545,14 +531,8 @@ mod tests {
         assert_eq!(span["kind"], 2);
         assert_eq!(span["status"]["code"], 2);
         assert_eq!(span["events"][0]["timeUnixNano"], "1706678909209800123");
-        assert_eq!(
-            span["attributes"][3]["value"]["intValue"],
-            "9223372036854775222"
-        );
-        assert_eq!(
-            span["links"][0]["traceId"],
-            "0af7651916cd43dd8448eb211c80319c"
-        );
+        assert_eq!(span["attributes"][3]["value"]["intValue"], "9223372036854775222");
+        assert_eq!(span["links"][0]["traceId"], "0af7651916cd43dd8448eb211c80319c");
         let child = &rendered["resourceSpans"][1]["scopeSpans"][0]["spans"][0];
         assert_eq!(child["parentSpanId"], "0102030405060708");
     }
@@ -578,10 +558,7 @@ mod tests {
     fn protobuf_encoding_decodes_to_the_same_traces_data() {
         let data = to_traces_data(&fixtures::trace());
         let bytes = encode_protobuf(&data);
-        assert_eq!(
-            TracesData::decode(bytes.as_slice()).expect("valid protobuf"),
-            data
-        );
+        assert_eq!(TracesData::decode(bytes.as_slice()).expect("valid protobuf"), data);
     }
 
     /// Converting to OTLP and reading the result back with an independent inverse gives back every stored span
@@ -595,11 +572,7 @@ mod tests {
         for resource_spans in &data.resource_spans {
             let resource = resource_spans.resource.clone().unwrap_or_default();
             let resource = model::Resource {
-                attributes: resource
-                    .attributes
-                    .iter()
-                    .map(from_otlp_key_value)
-                    .collect(),
+                attributes: resource.attributes.iter().map(from_otlp_key_value).collect(),
                 dropped_attributes_count: resource.dropped_attributes_count,
                 schema_url: resource_spans.schema_url.clone(),
             };
@@ -627,11 +600,7 @@ mod tests {
             }
         }
         for resource_id in resource_order {
-            let spans: Vec<&StoredSpan> = trace
-                .spans
-                .iter()
-                .filter(|s| s.resource_id == resource_id)
-                .collect();
+            let spans: Vec<&StoredSpan> = trace.spans.iter().filter(|s| s.resource_id == resource_id).collect();
             let mut scopes: Vec<Option<model::Scope>> = Vec::new();
             for stored in &spans {
                 if !scopes.contains(&stored.span.detail.scope) {
@@ -644,19 +613,14 @@ mod tests {
                     span.name = span.original_name().to_owned();
                     span.detail.original_name = None;
                     span.detail.scope = Some(span.detail.scope.unwrap_or_default());
-                    let resource = trace
-                        .resources
-                        .get(&resource_id)
-                        .map(|r| r.resource.clone());
+                    let resource = trace.resources.get(&resource_id).map(|r| r.resource.clone());
                     expected.push((span, resource));
                 }
             }
         }
 
         assert_eq!(recovered.len(), expected.len());
-        for ((span, resource), (expected_span, expected_resource)) in
-            recovered.iter().zip(&expected)
-        {
+        for ((span, resource), (expected_span, expected_resource)) in recovered.iter().zip(&expected) {
             assert_eq!(span, expected_span);
             match expected_resource {
                 Some(expected_resource) => assert_eq!(resource.as_ref(), Some(expected_resource)),
@@ -674,14 +638,8 @@ mod tests {
         model::Span {
             trace_id: TraceId(span.trace_id.clone().try_into().expect("16-byte trace id")),
             span_id: SpanId(span.span_id.clone().try_into().expect("8-byte span id")),
-            parent_span_id: (!span.parent_span_id.is_empty()).then(|| {
-                SpanId(
-                    span.parent_span_id
-                        .clone()
-                        .try_into()
-                        .expect("8-byte parent id"),
-                )
-            }),
+            parent_span_id: (!span.parent_span_id.is_empty())
+                .then(|| SpanId(span.parent_span_id.clone().try_into().expect("8-byte parent id"))),
             name: span.name.clone(),
             kind: SpanKind::from_i32(span.kind),
             start_time_unix_nano: span.start_time_unix_nano,

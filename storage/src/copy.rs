@@ -9,11 +9,10 @@ use std::borrow::Cow;
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 
-use crate::model::{Span, SpanDetail};
+use crate::model::{Span, SpanId, SpanKind, StatusCode, TraceId};
 
 /// The COPY statement whose column order [`encode_span_row`] follows.
-pub const COPY_SPANS: &str =
-    "COPY spans (trace_id, span_id, parent_span_id, start_ns, duration_ns, service, name, \
+pub const COPY_SPANS: &str = "COPY spans (trace_id, span_id, parent_span_id, start_ns, duration_ns, service, name, \
      kind, status, cluster, resource_id, detail) FROM STDIN (FORMAT binary)";
 
 const COLUMNS: i16 = 12;
@@ -40,38 +39,69 @@ pub struct RowContext<'a> {
     pub resource_id: i64,
 }
 
+/// The span-level columns of a row, borrowed.
+#[derive(Clone, Copy, Debug)]
+pub struct RowSpan<'a> {
+    pub trace_id: &'a TraceId,
+    pub span_id: SpanId,
+    pub parent_span_id: Option<SpanId>,
+    pub start_time_unix_nano: u64,
+    pub end_time_unix_nano: u64,
+    /// Must already be safe for a `text` column (see [`sanitize_text`]).
+    pub name: &'a str,
+    pub kind: SpanKind,
+    pub status_code: StatusCode,
+}
+
 /// Appends one span row. The span's name must already be safe for a `text` column (see [`sanitize_text`]).
 pub fn encode_span_row(out: &mut BytesMut, context: RowContext<'_>, span: &Span) {
-    debug_assert!(
-        !span.name.contains('\0'),
-        "span names are sanitized before encoding"
-    );
+    let row = RowSpan {
+        trace_id: &span.trace_id,
+        span_id: span.span_id,
+        parent_span_id: span.parent_span_id,
+        start_time_unix_nano: span.start_time_unix_nano,
+        end_time_unix_nano: span.detail.end_time_unix_nano,
+        name: &span.name,
+        kind: span.kind,
+        status_code: span.status_code,
+    };
+    encode_row_columns(out, context, &row);
+    let length = span.detail.encoded_len();
+    out.put_i32(i32::try_from(length).unwrap_or(i32::MAX));
+    out.reserve(length);
+    span.detail.encode_raw(out);
+}
+
+/// Appends one span row whose `detail` column is already encoded (the protobuf of a `SpanDetail`).
+pub fn encode_span_row_with_detail(out: &mut BytesMut, context: RowContext<'_>, row: &RowSpan<'_>, detail: &[u8]) {
+    encode_row_columns(out, context, row);
+    put_bytes(out, detail);
+}
+
+/// Every column but the last, `detail`.
+fn encode_row_columns(out: &mut BytesMut, context: RowContext<'_>, row: &RowSpan<'_>) {
+    debug_assert!(!row.name.contains('\0'), "span names are sanitized before encoding");
     out.put_i16(COLUMNS);
-    put_bytes(out, &span.trace_id.0);
-    put_i64(out, span.span_id.to_i64());
-    match span.parent_span_id {
+    put_bytes(out, &row.trace_id.0);
+    put_i64(out, row.span_id.to_i64());
+    match row.parent_span_id {
         Some(parent) => put_i64(out, parent.to_i64()),
         None => out.put_i32(-1),
     }
-    put_i64(out, clamp_i64(span.start_time_unix_nano));
-    put_i64(out, clamp_i64(span.duration_nanos()));
+    put_i64(out, clamp_i64(row.start_time_unix_nano));
+    put_i64(
+        out,
+        clamp_i64(row.end_time_unix_nano.saturating_sub(row.start_time_unix_nano)),
+    );
     put_bytes(out, context.service.as_bytes());
-    put_bytes(out, span.name.as_bytes());
-    put_i16(out, span.kind as i16);
-    put_i16(out, span.status_code as i16);
+    put_bytes(out, row.name.as_bytes());
+    put_i16(out, row.kind as i16);
+    put_i16(out, row.status_code as i16);
     match context.cluster {
         Some(cluster) => put_bytes(out, cluster.as_bytes()),
         None => out.put_i32(-1),
     }
     put_i64(out, context.resource_id);
-    put_message(out, &span.detail);
-}
-
-fn put_message(out: &mut BytesMut, detail: &SpanDetail) {
-    let length = detail.encoded_len();
-    out.put_i32(i32::try_from(length).unwrap_or(i32::MAX));
-    out.reserve(length);
-    detail.encode_raw(out);
 }
 
 fn put_bytes(out: &mut BytesMut, value: &[u8]) {
@@ -106,7 +136,7 @@ pub fn sanitize_text(text: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{SpanId, SpanKind, StatusCode, TraceId};
+    use crate::model::SpanDetail;
 
     #[test]
     fn a_row_has_twelve_fields_and_null_markers() {

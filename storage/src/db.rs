@@ -54,10 +54,7 @@ pub fn connect_pool(config: &DatabaseConfig) -> Result<Pool, ConnectError> {
     if pg_config.get_application_name().is_none() {
         pg_config.application_name("tracepost");
     }
-    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls_config(
-        config.ca_file.as_ref(),
-        verify_mode,
-    )?);
+    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls_config(config.ca_file.as_ref(), verify_mode)?);
     let manager = Manager::from_config(
         pg_config,
         tls,
@@ -92,20 +89,15 @@ fn parse_url(url: &str) -> Result<(tokio_postgres::Config, VerifyMode), ConnectE
             verify_mode = VerifyMode::Required;
         }
     }
-    let config = tokio_postgres::Config::from_str(&rewritten)
-        .map_err(|error| ConnectError::InvalidUrl(format!("{error}")))?;
+    let config =
+        tokio_postgres::Config::from_str(&rewritten).map_err(|error| ConnectError::InvalidUrl(format!("{error}")))?;
     if verify_mode == VerifyMode::Required && config.get_ssl_mode() == SslMode::Disable {
-        return Err(ConnectError::InvalidUrl(
-            "conflicting sslmode values".into(),
-        ));
+        return Err(ConnectError::InvalidUrl("conflicting sslmode values".into()));
     }
     Ok((config, verify_mode))
 }
 
-fn tls_config(
-    ca_file: Option<&PathBuf>,
-    verify_mode: VerifyMode,
-) -> Result<ClientConfig, ConnectError> {
+fn tls_config(ca_file: Option<&PathBuf>, verify_mode: VerifyMode) -> Result<ClientConfig, ConnectError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -117,13 +109,9 @@ fn tls_config(
                 reason,
             };
             let mut roots = RootCertStore::empty();
-            for certificate in
-                CertificateDer::pem_file_iter(path).map_err(|error| ca_error(error.to_string()))?
-            {
+            for certificate in CertificateDer::pem_file_iter(path).map_err(|error| ca_error(error.to_string()))? {
                 let certificate = certificate.map_err(|error| ca_error(error.to_string()))?;
-                roots
-                    .add(certificate)
-                    .map_err(|error| ca_error(error.to_string()))?;
+                roots.add(certificate).map_err(|error| ca_error(error.to_string()))?;
             }
             if roots.is_empty() {
                 return Err(ca_error("no certificate found".into()));
@@ -167,12 +155,7 @@ impl ServerCertVerifier for EncryptOnly {
         cert: &CertificateDer<'_>,
         signature: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            signature,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, signature, &self.0.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -181,12 +164,7 @@ impl ServerCertVerifier for EncryptOnly {
         cert: &CertificateDer<'_>,
         signature: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            signature,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, signature, &self.0.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -213,9 +191,6 @@ mod tests {
     #[test]
     fn a_bad_url_is_a_clear_error() {
         let error = parse_url("postgres://u@h/db?sslmode=sometimes").expect_err("bad sslmode");
-        assert!(
-            error.to_string().starts_with("invalid database url"),
-            "{error}"
-        );
+        assert!(error.to_string().starts_with("invalid database url"), "{error}");
     }
 }

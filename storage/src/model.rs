@@ -159,6 +159,9 @@ impl StatusCode {
 }
 
 /// An attribute value of any OTLP type.
+///
+/// The field numbers of `AnyValue`, `KeyValue`, `ArrayValue`, `KeyValueList`, `Event` and `Link` are OTLP's own,
+/// so the collector's fast path can copy those sub-messages from a request into storage byte for byte.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct AnyValue {
     #[prost(oneof = "Value", tags = "1, 2, 3, 4, 5, 6, 7")]
@@ -175,12 +178,12 @@ pub enum Value {
     Int(i64),
     #[prost(double, tag = "4")]
     Double(f64),
-    #[prost(bytes, tag = "5")]
-    Bytes(Vec<u8>),
-    #[prost(message, tag = "6")]
+    #[prost(message, tag = "5")]
     Array(ArrayValue),
-    #[prost(message, tag = "7")]
+    #[prost(message, tag = "6")]
     Map(KeyValueList),
+    #[prost(bytes, tag = "7")]
+    Bytes(Vec<u8>),
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -339,9 +342,7 @@ impl Span {
     }
 
     pub fn duration_nanos(&self) -> u64 {
-        self.detail
-            .end_time_unix_nano
-            .saturating_sub(self.start_time_unix_nano)
+        self.detail.end_time_unix_nano.saturating_sub(self.start_time_unix_nano)
     }
 
     /// The span name as received (the stored column may have been made safe for PostgreSQL).

@@ -106,10 +106,7 @@ async fn maintain_locked(
         .execute("DELETE FROM spans_default WHERE start_ns < $1", &[&cutoff])
         .await?;
     client
-        .execute(
-            "DELETE FROM resources WHERE day < $1",
-            &[&(oldest_kept - 1)],
-        )
+        .execute("DELETE FROM resources WHERE day < $1", &[&(oldest_kept - 1)])
         .await?;
     if !report.created.is_empty() || !report.dropped.is_empty() {
         tracing::info!(created = ?report.created, dropped = ?report.dropped, "maintained span partitions");
@@ -119,10 +116,7 @@ async fn maintain_locked(
 
 /// Creates one day's partition, moving in any rows the default partition holds for that day, and attaches
 /// it (attaching takes a lighter lock on the parent than `CREATE TABLE ... PARTITION OF`).
-async fn create_partition(
-    client: &mut deadpool_postgres::Client,
-    day: i32,
-) -> Result<(), StorageError> {
+async fn create_partition(client: &mut deadpool_postgres::Client, day: i32) -> Result<(), StorageError> {
     let name = partition_name(day);
     let lower = i64::from(day) * NANOS_PER_DAY;
     let upper = lower + NANOS_PER_DAY;
@@ -144,10 +138,7 @@ async fn create_partition(
 /// Drops a partition. This takes an exclusive lock on the parent for a moment (`DETACH ... CONCURRENTLY`
 /// is not available while a default partition exists), so it waits at most `lock_timeout` behind running
 /// queries and is retried at the next maintenance pass otherwise, rather than queueing writers behind it.
-async fn drop_partition(
-    client: &mut deadpool_postgres::Client,
-    day: i32,
-) -> Result<(), StorageError> {
+async fn drop_partition(client: &mut deadpool_postgres::Client, day: i32) -> Result<(), StorageError> {
     let name = partition_name(day);
     let transaction = client.transaction().await?;
     transaction

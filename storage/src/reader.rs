@@ -5,9 +5,7 @@ use std::collections::{HashMap, HashSet};
 use deadpool_postgres::Pool;
 use prost::Message;
 
-use crate::model::{
-    Resource, Span, SpanDetail, SpanId, SpanKind, StatusCode, StoredResource, StoredSpan, TraceId,
-};
+use crate::model::{Resource, Span, SpanDetail, SpanId, SpanKind, StatusCode, StoredResource, StoredSpan, TraceId};
 use crate::StorageError;
 
 /// A trace as stored: its spans (each span ID once, ordered by start time) and the resources they reference.
@@ -40,11 +38,7 @@ impl TraceReader {
     ///
     /// Spans are deduplicated here, on read: a client that retried an export whose acknowledgement it lost
     /// may have stored the same (trace ID, span ID) twice, and the first copy wins.
-    pub async fn get_trace(
-        &self,
-        trace_id: TraceId,
-        range: TimeRange,
-    ) -> Result<Option<StoredTrace>, StorageError> {
+    pub async fn get_trace(&self, trace_id: TraceId, range: TimeRange) -> Result<Option<StoredTrace>, StorageError> {
         let client = self.pool.get().await?;
         let statement = client
             .prepare_cached(
@@ -77,8 +71,7 @@ impl TraceReader {
             let parent: Option<i64> = row.get(1);
             let start: i64 = row.get(2);
             let detail_bytes: &[u8] = row.get(9);
-            let detail = SpanDetail::decode(detail_bytes)
-                .map_err(|error| StorageError::Corrupt(error.to_string()))?;
+            let detail = SpanDetail::decode(detail_bytes).map_err(|error| StorageError::Corrupt(error.to_string()))?;
             spans.push(StoredSpan {
                 span: Span {
                     trace_id,
@@ -112,8 +105,7 @@ impl TraceReader {
         for row in resource_rows {
             let id: i64 = row.get(0);
             let body: &[u8] = row.get(3);
-            let resource =
-                Resource::decode(body).map_err(|error| StorageError::Corrupt(error.to_string()))?;
+            let resource = Resource::decode(body).map_err(|error| StorageError::Corrupt(error.to_string()))?;
             resources.insert(
                 id,
                 StoredResource {

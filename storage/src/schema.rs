@@ -51,10 +51,7 @@ async fn apply_pending(client: &mut deadpool_postgres::Client) -> Result<Vec<i32
     client.batch_execute(VERSION_TABLE).await?;
     let current = current_version_of(client).await?;
     let mut applied = Vec::new();
-    for migration in MIGRATIONS
-        .iter()
-        .filter(|migration| migration.version > current)
-    {
+    for migration in MIGRATIONS.iter().filter(|migration| migration.version > current) {
         let transaction = client.transaction().await?;
         transaction
             .batch_execute(migration.sql)
@@ -70,11 +67,7 @@ async fn apply_pending(client: &mut deadpool_postgres::Client) -> Result<Vec<i32
             )
             .await?;
         transaction.commit().await?;
-        tracing::info!(
-            version = migration.version,
-            name = migration.name,
-            "applied migration"
-        );
+        tracing::info!(version = migration.version, name = migration.name, "applied migration");
         applied.push(migration.version);
     }
     Ok(applied)
@@ -88,20 +81,14 @@ pub async fn current_version(pool: &Pool) -> Result<i32, StorageError> {
 
 async fn current_version_of(client: &tokio_postgres::Client) -> Result<i32, StorageError> {
     let exists: bool = client
-        .query_one(
-            "SELECT to_regclass('tracepost_schema_migrations') IS NOT NULL",
-            &[],
-        )
+        .query_one("SELECT to_regclass('tracepost_schema_migrations') IS NOT NULL", &[])
         .await?
         .get(0);
     if !exists {
         return Ok(0);
     }
     Ok(client
-        .query_one(
-            "SELECT coalesce(max(version), 0) FROM tracepost_schema_migrations",
-            &[],
-        )
+        .query_one("SELECT coalesce(max(version), 0) FROM tracepost_schema_migrations", &[])
         .await?
         .get(0))
 }

@@ -56,14 +56,8 @@ impl SpanWriter {
         if !new_resources.is_empty() {
             let ids: Vec<i64> = new_resources.iter().map(|row| row.id).collect();
             let days: Vec<i32> = new_resources.iter().map(|row| row.day).collect();
-            let services: Vec<&str> = new_resources
-                .iter()
-                .map(|row| row.service.as_str())
-                .collect();
-            let clusters: Vec<Option<&str>> = new_resources
-                .iter()
-                .map(|row| row.cluster.as_deref())
-                .collect();
+            let services: Vec<&str> = new_resources.iter().map(|row| row.service.as_str()).collect();
+            let clusters: Vec<Option<&str>> = new_resources.iter().map(|row| row.cluster.as_deref()).collect();
             let bodies: Vec<&[u8]> = new_resources.iter().map(|row| row.body.as_ref()).collect();
             transaction
                 .execute(

@@ -19,10 +19,7 @@ async fn tls_database(test: &str) -> (String, u16) {
         .and_then(|p| p.parse().ok())
         .expect("port");
     let pool = connect_pool(&DatabaseConfig::new(server.clone())).expect("pool");
-    let client = pool
-        .get()
-        .await
-        .expect("a TLS connection with sslmode=require");
+    let client = pool.get().await.expect("a TLS connection with sslmode=require");
     let name = format!("tracepost_test_{test}_{}", std::process::id());
     client
         .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
@@ -48,11 +45,7 @@ async fn a_tls13_only_server_is_reached_encrypted_with_sslmode_prefer_and_requir
         export_grpc(&grpc_endpoint(&app), &trace)
             .await
             .expect("export over a TLS database connection");
-        let (status, body) = get_json(&query_url(
-            &app,
-            &format!("/api/traces/{}", trace.trace_id()),
-        ))
-        .await;
+        let (status, body) = get_json(&query_url(&app, &format!("/api/traces/{}", trace.trace_id()))).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["data"][0]["spans"].as_array().map(Vec::len), Some(2));
 
@@ -68,10 +61,7 @@ async fn a_tls13_only_server_is_reached_encrypted_with_sslmode_prefer_and_requir
             .expect("pg_stat_ssl");
         assert!(!rows.is_empty(), "tracepost's connections are visible");
         for row in rows {
-            assert!(
-                row.get::<_, bool>(0),
-                "sslmode {mode:?}: connection not encrypted"
-            );
+            assert!(row.get::<_, bool>(0), "sslmode {mode:?}: connection not encrypted");
             assert_eq!(row.get::<_, String>(1), "TLSv1.3");
         }
         app.stop().await.expect("clean shutdown");
@@ -93,8 +83,7 @@ async fn a_ca_file_verifies_the_server_certificate() {
 
     // Another CA does not vouch for this server: no connection, with a reason.
     let mut untrusted = trusted.clone();
-    let other_ca =
-        std::env::temp_dir().join(format!("tracepost-other-ca-{}.pem", std::process::id()));
+    let other_ca = std::env::temp_dir().join(format!("tracepost-other-ca-{}.pem", std::process::id()));
     let status = std::process::Command::new("openssl")
         .args([
             "req",
@@ -128,9 +117,7 @@ async fn a_ca_file_verifies_the_server_certificate() {
         url: trusted.url.clone(),
     });
     config.database = trusted;
-    let app = tracepost::start(Role::Query, config)
-        .await
-        .expect("query role");
+    let app = tracepost::start(Role::Query, config).await.expect("query role");
     assert_eq!(get_text(&query_url(&app, "/readyz")).await.0, 200);
     app.stop().await.expect("clean shutdown");
 }

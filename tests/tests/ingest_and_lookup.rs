@@ -87,11 +87,7 @@ async fn an_sdk_exporting_over_grpc_finds_its_trace_by_id() {
     export_grpc(&grpc_endpoint(&app), &trace)
         .await
         .expect("grpc export acknowledged");
-    assert_eq!(
-        database.span_rows().await,
-        2,
-        "acknowledged means committed"
-    );
+    assert_eq!(database.span_rows().await, 2, "acknowledged means committed");
     assert_sdk_trace_is_served(&app, &trace).await;
     app.stop().await.expect("clean shutdown");
 }
@@ -101,13 +97,9 @@ async fn an_sdk_exporting_over_http_protobuf_finds_its_trace_by_id() {
     let database = TestDatabase::create("sdk_http_proto").await;
     let app = serve(&database).await;
     let trace = sdk_trace("checkout");
-    export_http(
-        &http_endpoint(&app),
-        &trace,
-        opentelemetry_otlp::Protocol::HttpBinary,
-    )
-    .await
-    .expect("http export acknowledged");
+    export_http(&http_endpoint(&app), &trace, opentelemetry_otlp::Protocol::HttpBinary)
+        .await
+        .expect("http export acknowledged");
     assert_eq!(database.span_rows().await, 2);
     assert_sdk_trace_is_served(&app, &trace).await;
     app.stop().await.expect("clean shutdown");
@@ -118,13 +110,9 @@ async fn an_sdk_exporting_over_http_json_finds_its_trace_by_id() {
     let database = TestDatabase::create("sdk_http_json").await;
     let app = serve(&database).await;
     let trace = sdk_trace("checkout");
-    export_http(
-        &http_endpoint(&app),
-        &trace,
-        opentelemetry_otlp::Protocol::HttpJson,
-    )
-    .await
-    .expect("http json export acknowledged");
+    export_http(&http_endpoint(&app), &trace, opentelemetry_otlp::Protocol::HttpJson)
+        .await
+        .expect("http json export acknowledged");
     assert_eq!(database.span_rows().await, 2);
     assert_sdk_trace_is_served(&app, &trace).await;
     app.stop().await.expect("clean shutdown");
@@ -135,29 +123,17 @@ async fn a_retried_export_does_not_show_spans_twice() {
     let database = TestDatabase::create("retry_dedup").await;
     let app = serve(&database).await;
     let trace = sdk_trace("checkout");
-    export_grpc(&grpc_endpoint(&app), &trace)
-        .await
-        .expect("first export");
+    export_grpc(&grpc_endpoint(&app), &trace).await.expect("first export");
     // The client lost the acknowledgement and sends the same spans again.
-    export_grpc(&grpc_endpoint(&app), &trace)
-        .await
-        .expect("second export");
+    export_grpc(&grpc_endpoint(&app), &trace).await.expect("second export");
     assert_eq!(
         database.span_rows().await,
         4,
         "deduplication happens on read, not on write"
     );
-    let (_, body) = get_json(&query_url(
-        &app,
-        &format!("/api/traces/{}", trace.trace_id()),
-    ))
-    .await;
+    let (_, body) = get_json(&query_url(&app, &format!("/api/traces/{}", trace.trace_id()))).await;
     assert_eq!(body["data"][0]["spans"].as_array().map(Vec::len), Some(2));
-    let (_, v3) = get_json(&query_url(
-        &app,
-        &format!("/api/v3/traces/{}", trace.trace_id()),
-    ))
-    .await;
+    let (_, v3) = get_json(&query_url(&app, &format!("/api/v3/traces/{}", trace.trace_id()))).await;
     let spans: usize = v3["result"]["resourceSpans"]
         .as_array()
         .expect("resourceSpans")
@@ -174,14 +150,8 @@ async fn the_v3_api_returns_the_trace_as_otlp_json() {
     let database = TestDatabase::create("v3_trace").await;
     let app = serve(&database).await;
     let trace = sdk_trace("checkout");
-    export_grpc(&grpc_endpoint(&app), &trace)
-        .await
-        .expect("export");
-    let (status, body) = get_json(&query_url(
-        &app,
-        &format!("/api/v3/traces/{}", trace.trace_id()),
-    ))
-    .await;
+    export_grpc(&grpc_endpoint(&app), &trace).await.expect("export");
+    let (status, body) = get_json(&query_url(&app, &format!("/api/v3/traces/{}", trace.trace_id()))).await;
     assert_eq!(status, 200, "{body}");
     let resource = &body["result"]["resourceSpans"][0];
     assert!(resource["resource"]["attributes"]
@@ -227,9 +197,7 @@ async fn linkerd_proxy_spans_of_both_generations_are_stored_with_their_cluster()
     let database = TestDatabase::create("linkerd").await;
     let mut config = config(&database);
     config.cluster_name = Some("infra".into());
-    let app = tracepost::start(tracepost::Role::Serve, config)
-        .await
-        .expect("start");
+    let app = tracepost::start(tracepost::Role::Serve, config).await.expect("start");
     for generation in ["2.19", "2.17"] {
         let (status, _, body) = post_otlp(
             &http_endpoint(&app),
@@ -242,13 +210,13 @@ async fn linkerd_proxy_spans_of_both_generations_are_stored_with_their_cluster()
     }
     let client = database.client().await;
     let rows = client
-        .query("SELECT service, coalesce(cluster, ''), count(*) FROM spans GROUP BY 1, 2 ORDER BY 1, 2", &[])
+        .query(
+            "SELECT service, coalesce(cluster, ''), count(*) FROM spans GROUP BY 1, 2 ORDER BY 1, 2",
+            &[],
+        )
         .await
         .expect("query");
-    let summary: Vec<(String, String, i64)> = rows
-        .iter()
-        .map(|row| (row.get(0), row.get(1), row.get(2)))
-        .collect();
+    let summary: Vec<(String, String, i64)> = rows.iter().map(|row| (row.get(0), row.get(1), row.get(2))).collect();
     // 2.19 proxies carry k8s.cluster.name; 2.17 proxies do not, so --cluster-name applies.
     assert_eq!(
         summary,
@@ -262,10 +230,7 @@ async fn linkerd_proxy_spans_of_both_generations_are_stored_with_their_cluster()
     let (status, body) = get_json(&query_url(&app, &format!("/api/traces/{trace_id}"))).await;
     assert_eq!(status, 200);
     let spans = body["data"][0]["spans"].as_array().expect("spans");
-    assert!(
-        spans.len() >= 4,
-        "the 2.19 hop's four spans are in the trace"
-    );
+    assert!(spans.len() >= 4, "the 2.19 hop's four spans are in the trace");
     let status_tag = spans[0]["tags"]
         .as_array()
         .expect("tags")
@@ -283,11 +248,7 @@ async fn linkerd_proxy_spans_of_both_generations_are_stored_with_their_cluster()
 async fn unknown_and_malformed_trace_ids_get_jaeger_errors() {
     let database = TestDatabase::create("lookup_errors").await;
     let app = serve(&database).await;
-    let (status, body) = get_json(&query_url(
-        &app,
-        "/api/traces/0123456789abcdef0123456789abcdef",
-    ))
-    .await;
+    let (status, body) = get_json(&query_url(&app, "/api/traces/0123456789abcdef0123456789abcdef")).await;
     assert_eq!(status, 404);
     assert_eq!(body["data"], Value::Null);
     assert_eq!(body["errors"][0]["code"], 404);
@@ -295,11 +256,7 @@ async fn unknown_and_malformed_trace_ids_get_jaeger_errors() {
     let (status, body) = get_json(&query_url(&app, "/api/traces/not-a-trace-id")).await;
     assert_eq!(status, 400);
     assert_eq!(body["errors"][0]["code"], 400);
-    let (status, body) = get_json(&query_url(
-        &app,
-        "/api/v3/traces/0123456789abcdef0123456789abcdef",
-    ))
-    .await;
+    let (status, body) = get_json(&query_url(&app, "/api/v3/traces/0123456789abcdef0123456789abcdef")).await;
     assert_eq!(status, 404);
     assert_eq!(body["error"]["httpCode"], 404);
     app.stop().await.expect("clean shutdown");

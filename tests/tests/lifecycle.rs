@@ -79,10 +79,8 @@ async fn readiness_follows_the_schema_version() {
         "alive even when not ready"
     );
 
-    let pool = tracepost_storage::connect_pool(&tracepost_storage::DatabaseConfig::new(
-        database.url.clone(),
-    ))
-    .expect("pool");
+    let pool =
+        tracepost_storage::connect_pool(&tracepost_storage::DatabaseConfig::new(database.url.clone())).expect("pool");
     tracepost::app::migrate(&pool, Duration::from_secs(5))
         .await
         .expect("migrate");
@@ -104,19 +102,16 @@ async fn replicas_starting_together_apply_each_migration_once() {
     let rows = database
         .client()
         .await
-        .query("SELECT version, count(*) FROM tracepost_schema_migrations GROUP BY version ORDER BY version", &[])
+        .query(
+            "SELECT version, count(*) FROM tracepost_schema_migrations GROUP BY version ORDER BY version",
+            &[],
+        )
         .await
         .expect("versions");
     let versions: Vec<(i32, i64)> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
-    assert_eq!(
-        versions,
-        vec![(tracepost_storage::schema::REQUIRED_VERSION, 1)]
-    );
+    assert_eq!(versions, vec![(tracepost_storage::schema::REQUIRED_VERSION, 1)]);
     for app in apps {
-        let admin = format!(
-            "http://{}/readyz",
-            app.admin_addr.expect("collector admin listener")
-        );
+        let admin = format!("http://{}/readyz", app.admin_addr.expect("collector admin listener"));
         assert_eq!(get_text(&admin).await.0, 200);
         app.stop().await.expect("clean shutdown");
     }
@@ -139,9 +134,7 @@ async fn spans_outside_the_partitions_are_kept_and_moved_when_their_day_gets_one
 
     // A span from a client whose clock is 20 days ahead.
     let future = now + 20 * NANOS_PER_DAY;
-    let mut grpc = TraceServiceClient::connect(grpc_endpoint(&app))
-        .await
-        .expect("connect");
+    let mut grpc = TraceServiceClient::connect(grpc_endpoint(&app)).await.expect("connect");
     grpc.export(request_at(future, 3)).await.expect("accepted");
     let where_stored = "SELECT tableoid::regclass::text, count(*) FROM spans GROUP BY 1";
     let rows = client.query(where_stored, &[]).await.expect("rows");
@@ -151,17 +144,13 @@ async fn spans_outside_the_partitions_are_kept_and_moved_when_their_day_gets_one
     );
 
     // Twenty days later, maintenance creates that day's partition and moves the spans into it...
-    let pool = tracepost_storage::connect_pool(&tracepost_storage::DatabaseConfig::new(
-        database.url.clone(),
-    ))
-    .expect("pool");
-    let report =
-        tracepost_storage::partitions::maintain(&pool, future, 2, Duration::from_secs(7 * 86_400))
-            .await
-            .expect("maintenance");
+    let pool =
+        tracepost_storage::connect_pool(&tracepost_storage::DatabaseConfig::new(database.url.clone())).expect("pool");
+    let report = tracepost_storage::partitions::maintain(&pool, future, 2, Duration::from_secs(7 * 86_400))
+        .await
+        .expect("maintenance");
     assert!(report.ran);
-    let future_partition =
-        tracepost_storage::partitions::partition_name(tracepost_storage::time::day_of(future));
+    let future_partition = tracepost_storage::partitions::partition_name(tracepost_storage::time::day_of(future));
     assert!(report.created.contains(&future_partition));
     let rows = client.query(where_stored, &[]).await.expect("rows");
     assert_eq!(
@@ -170,17 +159,10 @@ async fn spans_outside_the_partitions_are_kept_and_moved_when_their_day_gets_one
     );
     // ...and, past the 7-day retention, drops today's partitions.
     for name in &expected {
-        assert!(
-            report.dropped.contains(name),
-            "{name} not dropped: {report:?}"
-        );
+        assert!(report.dropped.contains(name), "{name} not dropped: {report:?}");
     }
     assert!(!partitions(&client).await.contains(&expected[0]));
-    let (status, body) = get_json(&query_url(
-        &app,
-        &format!("/api/traces/{}", "22".repeat(16)),
-    ))
-    .await;
+    let (status, body) = get_json(&query_url(&app, &format!("/api/traces/{}", "22".repeat(16)))).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"][0]["spans"].as_array().map(Vec::len), Some(3));
     app.stop().await.expect("clean shutdown");
@@ -198,9 +180,7 @@ async fn shutdown_finishes_requests_in_flight_before_exiting() {
 
     let endpoint = grpc_endpoint(&app);
     let in_flight = tokio::spawn(async move {
-        let mut client = TraceServiceClient::connect(endpoint)
-            .await
-            .expect("connect");
+        let mut client = TraceServiceClient::connect(endpoint).await.expect("connect");
         client.export(request_at(now_unix_nanos(), 5)).await
     });
     wait_for_pending(&app, 5.0).await;
@@ -211,9 +191,7 @@ async fn shutdown_finishes_requests_in_flight_before_exiting() {
         .expect("task")
         .expect("the request in flight is acknowledged");
     assert!(response.into_inner().partial_success.is_none());
-    app.wait()
-        .await
-        .expect("exit 0 once everything is committed");
+    app.wait().await.expect("exit 0 once everything is committed");
     assert_eq!(database.span_rows().await, 5);
 }
 
@@ -232,18 +210,13 @@ async fn shutdown_with_the_database_stuck_reports_uncommitted_spans() {
 
     let endpoint = grpc_endpoint(&app);
     let in_flight = tokio::spawn(async move {
-        let mut client = TraceServiceClient::connect(endpoint)
-            .await
-            .expect("connect");
+        let mut client = TraceServiceClient::connect(endpoint).await.expect("connect");
         client.export(request_at(now_unix_nanos(), 4)).await
     });
     wait_for_pending(&app, 4.0).await;
     let outcome = app.stop().await;
     let error = outcome.expect_err("uncommitted spans make the exit non-zero");
-    assert!(
-        error.to_string().contains("4 span(s) not committed"),
-        "{error}"
-    );
+    assert!(error.to_string().contains("4 span(s) not committed"), "{error}");
     assert!(
         in_flight.await.expect("task").is_err(),
         "the client was never acknowledged"

@@ -6,9 +6,7 @@ mod support;
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
@@ -88,9 +86,7 @@ async fn invalid_spans_are_rejected_in_partial_success_and_the_valid_ones_stored
     let app = serve(&database).await;
 
     // gRPC, through a real tonic client.
-    let mut client = TraceServiceClient::connect(grpc_endpoint(&app))
-        .await
-        .expect("connect");
+    let mut client = TraceServiceClient::connect(grpc_endpoint(&app)).await.expect("connect");
     let response = client
         .export(request(Some("svc"), mixed_spans()))
         .await
@@ -104,9 +100,7 @@ async fn invalid_spans_are_rejected_in_partial_success_and_the_valid_ones_stored
         partial.error_message
     );
     assert!(
-        partial
-            .error_message
-            .contains("end time must not be before start time"),
+        partial.error_message.contains("end time must not be before start time"),
         "{}",
         partial.error_message
     );
@@ -114,17 +108,10 @@ async fn invalid_spans_are_rejected_in_partial_success_and_the_valid_ones_stored
 
     // OTLP/HTTP protobuf.
     let body = request(Some("svc"), mixed_spans()).encode_to_vec();
-    let (status, _, body) =
-        post_otlp(&http_endpoint(&app), "application/x-protobuf", None, body).await;
+    let (status, _, body) = post_otlp(&http_endpoint(&app), "application/x-protobuf", None, body).await;
     assert_eq!(status, 200);
     let response = ExportTraceServiceResponse::decode(body.as_slice()).expect("protobuf response");
-    assert_eq!(
-        response
-            .partial_success
-            .expect("partial success")
-            .rejected_spans,
-        4
-    );
+    assert_eq!(response.partial_success.expect("partial success").rejected_spans, 4);
     assert_eq!(database.span_rows().await, 4);
 
     // OTLP/JSON with snake_case keys: the decoder yields empty IDs, which validation must catch.
@@ -134,8 +121,7 @@ async fn invalid_spans_are_rejected_in_partial_success_and_the_valid_ones_stored
            "startTimeUnixNano":"1700000000000000000","endTimeUnixNano":"1700000000000000001"},
           {"traceId":"11111111111111111111111111111111","spanId":"0808080808080808","name":"camel",
            "startTimeUnixNano":"1700000000000000000","endTimeUnixNano":"1700000000000000001"}]}]}]}"#;
-    let (status, _, body) =
-        post_otlp(&http_endpoint(&app), "application/json", None, json.into()).await;
+    let (status, _, body) = post_otlp(&http_endpoint(&app), "application/json", None, json.into()).await;
     assert_eq!(status, 200);
     let response: serde_json::Value = serde_json::from_slice(&body).expect("json response");
     assert_eq!(
@@ -148,31 +134,19 @@ async fn invalid_spans_are_rejected_in_partial_success_and_the_valid_ones_stored
 
     let page = metrics_page(&app).await;
     assert_eq!(
-        metric_value(
-            &page,
-            "tracepost_spans_rejected_total{reason=\"invalid_trace_id\"}"
-        ),
+        metric_value(&page, "tracepost_spans_rejected_total{reason=\"invalid_trace_id\"}"),
         3.0
     );
     assert_eq!(
-        metric_value(
-            &page,
-            "tracepost_spans_rejected_total{reason=\"invalid_span_id\"}"
-        ),
+        metric_value(&page, "tracepost_spans_rejected_total{reason=\"invalid_span_id\"}"),
         2.0
     );
     assert_eq!(
-        metric_value(
-            &page,
-            "tracepost_spans_rejected_total{reason=\"missing_start_time\"}"
-        ),
+        metric_value(&page, "tracepost_spans_rejected_total{reason=\"missing_start_time\"}"),
         2.0
     );
     assert_eq!(
-        metric_value(
-            &page,
-            "tracepost_spans_rejected_total{reason=\"end_before_start\"}"
-        ),
+        metric_value(&page, "tracepost_spans_rejected_total{reason=\"end_before_start\"}"),
         2.0
     );
     assert_eq!(metric_value(&page, "tracepost_spans_committed_total"), 5.0);
@@ -200,25 +174,15 @@ async fn undecodable_bodies_get_400_and_invalid_argument_with_a_reason() {
         rpc_status.message
     );
 
-    let (status, _, body) = post_otlp(
-        &http_endpoint(&app),
-        "application/json",
-        None,
-        b"{not json".to_vec(),
-    )
-    .await;
+    let (status, _, body) = post_otlp(&http_endpoint(&app), "application/json", None, b"{not json".to_vec()).await;
     assert_eq!(status, 400);
     let body: serde_json::Value = serde_json::from_slice(&body).expect("json status");
     assert!(
-        body["message"]
-            .as_str()
-            .expect("message")
-            .contains("invalid json"),
+        body["message"].as_str().expect("message").contains("invalid json"),
         "{body}"
     );
 
-    let (status, _, _) =
-        post_otlp(&http_endpoint(&app), "text/plain", None, b"hello".to_vec()).await;
+    let (status, _, _) = post_otlp(&http_endpoint(&app), "text/plain", None, b"hello".to_vec()).await;
     assert_eq!(status, 415);
 
     let (status, _, _) = post_otlp(
@@ -232,11 +196,7 @@ async fn undecodable_bodies_get_400_and_invalid_argument_with_a_reason() {
 
     // A gRPC frame whose payload is not a protobuf message, sent over plain HTTP/2.
     let (grpc_status, message) = raw_grpc_export(&app, &[0xff, 0xff, 0xff, 0x01]).await;
-    assert_eq!(
-        grpc_status,
-        tonic::Code::InvalidArgument as i32,
-        "{message}"
-    );
+    assert_eq!(grpc_status, tonic::Code::InvalidArgument as i32, "{message}");
     assert!(message.contains("cannot decode"), "{message}");
 
     let page = metrics_page(&app).await;
@@ -290,10 +250,30 @@ async fn raw_grpc_export(app: &tracepost::App, payload: &[u8]) -> (i32, String) 
             .unwrap_or_default()
             .to_owned()
     };
-    (
-        find("grpc-status").parse().unwrap_or(-1),
-        find("grpc-message"),
-    )
+    (find("grpc-status").parse().unwrap_or(-1), percent_decode(&find("grpc-message")))
+}
+
+/// grpc-message is percent-encoded on the wire.
+fn percent_decode(text: &str) -> String {
+    let mut out = Vec::new();
+    let bytes = text.as_bytes();
+    let mut index = 0;
+    while index < bytes.len() {
+        let escaped = (bytes[index] == b'%' && index + 2 < bytes.len() + 1)
+            .then(|| text.get(index + 1..index + 3).and_then(|hex| u8::from_str_radix(hex, 16).ok()))
+            .flatten();
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                index += 3;
+            }
+            None => {
+                out.push(bytes[index]);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -301,9 +281,7 @@ async fn oversized_requests_get_413_and_resource_exhausted() {
     let database = TestDatabase::create("oversized").await;
     let mut config = config(&database);
     config.max_request_bytes = 64 * 1024;
-    let app = tracepost::start(tracepost::Role::Serve, config)
-        .await
-        .expect("start");
+    let app = tracepost::start(tracepost::Role::Serve, config).await.expect("start");
 
     let big: Vec<Span> = (1..=200u8)
         .map(|id| {
@@ -314,13 +292,7 @@ async fn oversized_requests_get_413_and_resource_exhausted() {
         .collect();
     let body = request(Some("svc"), big.clone()).encode_to_vec();
     assert!(body.len() > 64 * 1024);
-    let (status, _, _) = post_otlp(
-        &http_endpoint(&app),
-        "application/x-protobuf",
-        None,
-        body.clone(),
-    )
-    .await;
+    let (status, _, _) = post_otlp(&http_endpoint(&app), "application/x-protobuf", None, body.clone()).await;
     assert_eq!(status, 413);
 
     // Small on the wire, too large once decompressed.
@@ -328,22 +300,12 @@ async fn oversized_requests_get_413_and_resource_exhausted() {
     std::io::Write::write_all(&mut encoder, &body).expect("gzip");
     let compressed = encoder.finish().expect("gzip");
     assert!(compressed.len() < 64 * 1024);
-    let (status, _, body_back) = post_otlp(
-        &http_endpoint(&app),
-        "application/x-protobuf",
-        Some("gzip"),
-        compressed,
-    )
-    .await;
+    let (status, _, body_back) =
+        post_otlp(&http_endpoint(&app), "application/x-protobuf", Some("gzip"), compressed).await;
     assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body_back));
 
-    let mut client = TraceServiceClient::connect(grpc_endpoint(&app))
-        .await
-        .expect("connect");
-    let status = client
-        .export(request(Some("svc"), big))
-        .await
-        .expect_err("too large");
+    let mut client = TraceServiceClient::connect(grpc_endpoint(&app)).await.expect("connect");
+    let status = client.export(request(Some("svc"), big)).await.expect_err("too large");
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
 
     let page = metrics_page(&app).await;
@@ -372,40 +334,27 @@ async fn values_postgres_would_refuse_are_stored_safely_and_come_back_unchanged(
     let mut nul_span = span("GET /a\0b", 1);
     nul_span.attributes.push(string_kv("weird", "x\0y"));
     // A second client's span in the same batch window.
-    let mut client = TraceServiceClient::connect(grpc_endpoint(&app))
-        .await
-        .expect("connect");
+    let mut client = TraceServiceClient::connect(grpc_endpoint(&app)).await.expect("connect");
     let mut other_client = client.clone();
     let (first, second) = tokio::join!(
         other_client.export(request(Some("svc\0name"), vec![nul_span])),
         client.export(request(None, vec![span("other client", 2)])),
     );
-    assert!(first
-        .expect("nul span accepted")
-        .into_inner()
-        .partial_success
-        .is_none());
+    assert!(first.expect("nul span accepted").into_inner().partial_success.is_none());
     assert!(second
         .expect("neighbour accepted")
         .into_inner()
         .partial_success
         .is_none());
 
-    let (status, body) = get_json(&query_url(
-        &app,
-        &format!("/api/traces/{}", "11".repeat(16)),
-    ))
-    .await;
+    let (status, body) = get_json(&query_url(&app, &format!("/api/traces/{}", "11".repeat(16)))).await;
     assert_eq!(status, 200, "{body}");
     let spans = body["data"][0]["spans"].as_array().expect("spans");
     let nul = spans
         .iter()
         .find(|span| span["spanID"] == "0101010101010101")
         .expect("nul span");
-    assert_eq!(
-        nul["operationName"], "GET /a\u{0}b",
-        "the original name is recoverable"
-    );
+    assert_eq!(nul["operationName"], "GET /a\u{0}b", "the original name is recoverable");
     let weird = nul["tags"]
         .as_array()
         .expect("tags")
@@ -436,9 +385,7 @@ async fn overload_is_refused_with_retryable_errors_and_nothing_is_lost() {
     config.pipeline.max_inflight_bytes = 1024;
     config.pipeline.admission_wait = Duration::from_millis(200);
     config.pipeline.retry_budget = Duration::from_secs(8);
-    let app = tracepost::start(tracepost::Role::Serve, config)
-        .await
-        .expect("start");
+    let app = tracepost::start(tracepost::Role::Serve, config).await.expect("start");
 
     // Hold the spans table so the first request's batch cannot commit and its bytes stay in flight.
     let mut blocker = database.client().await;
@@ -452,9 +399,7 @@ async fn overload_is_refused_with_retryable_errors_and_nothing_is_lost() {
     let first = tokio::spawn({
         let endpoint = endpoint.clone();
         async move {
-            let mut client = TraceServiceClient::connect(endpoint)
-                .await
-                .expect("connect");
+            let mut client = TraceServiceClient::connect(endpoint).await.expect("connect");
             client.export(request(Some("svc"), big)).await
         }
     });
@@ -465,16 +410,11 @@ async fn overload_is_refused_with_retryable_errors_and_nothing_is_lost() {
         if metric_value(&page, "tracepost_pending_spans") >= 20.0 {
             break;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "first request never admitted"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "first request never admitted");
         tokio::task::yield_now().await;
     }
 
-    let mut client = TraceServiceClient::connect(endpoint)
-        .await
-        .expect("connect");
+    let mut client = TraceServiceClient::connect(endpoint).await.expect("connect");
     let status = client
         .export(request(Some("svc"), vec![span("second", 99)]))
         .await
@@ -485,8 +425,7 @@ async fn overload_is_refused_with_retryable_errors_and_nothing_is_lost() {
     assert!(retry.retry_delay.is_some());
 
     let body = request(Some("svc"), vec![span("third", 98)]).encode_to_vec();
-    let (status, headers, _) =
-        post_otlp(&http_endpoint(&app), "application/x-protobuf", None, body).await;
+    let (status, headers, _) = post_otlp(&http_endpoint(&app), "application/x-protobuf", None, body).await;
     assert_eq!(status, 503);
     assert!(headers.get("retry-after").is_some());
 
@@ -514,10 +453,7 @@ async fn overload_is_refused_with_retryable_errors_and_nothing_is_lost() {
         1.0
     );
     assert_eq!(
-        metric_value(
-            &page,
-            "tracepost_spans_refused_total{reason=\"overloaded\"}"
-        ),
+        metric_value(&page, "tracepost_spans_refused_total{reason=\"overloaded\"}"),
         2.0
     );
     app.stop().await.expect("clean shutdown");
@@ -547,23 +483,16 @@ async fn an_unreachable_database_gets_retryable_errors_not_acknowledgements() {
     let (status, body) = get_text(&query_url(&app, "/readyz")).await;
     assert_eq!(status, 503, "{body}");
 
-    let mut client = TraceServiceClient::connect(grpc_endpoint(&app))
-        .await
-        .expect("connect");
+    let mut client = TraceServiceClient::connect(grpc_endpoint(&app)).await.expect("connect");
     let status = client
         .export(request(Some("svc"), vec![span("lost?", 1)]))
         .await
         .expect_err("not durable");
     assert_eq!(status.code(), tonic::Code::Unavailable);
-    assert!(
-        status.message().contains("storage unavailable"),
-        "{}",
-        status.message()
-    );
+    assert!(status.message().contains("storage unavailable"), "{}", status.message());
 
     let body = request(Some("svc"), vec![span("lost?", 2)]).encode_to_vec();
-    let (status, headers, _) =
-        post_otlp(&http_endpoint(&app), "application/x-protobuf", None, body).await;
+    let (status, headers, _) = post_otlp(&http_endpoint(&app), "application/x-protobuf", None, body).await;
     assert_eq!(status, 503);
     assert!(headers.get("retry-after").is_some());
 

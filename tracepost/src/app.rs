@@ -15,9 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracepost_collector::{CollectorMetrics, ConvertConfig, Ingest, Pipeline, PipelineConfig};
-use tracepost_storage::{
-    connect_pool, partitions, schema, DatabaseConfig, Pool, SpanWriter, TraceReader,
-};
+use tracepost_storage::{connect_pool, partitions, schema, DatabaseConfig, Pool, SpanWriter, TraceReader};
 
 /// Which parts of tracepost this process runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,9 +121,7 @@ pub async fn migrate(pool: &Pool, patience: Duration) -> anyhow::Result<Vec<i32>
     loop {
         match schema::migrate(pool).await {
             Ok(applied) => return Ok(applied),
-            Err(error @ tracepost_storage::StorageError::Migration { .. }) => {
-                return Err(error.into())
-            }
+            Err(error @ tracepost_storage::StorageError::Migration { .. }) => return Err(error.into()),
             Err(error) if tokio::time::Instant::now() + delay < deadline => {
                 tracing::warn!(%error, "database not ready for migrations, retrying");
                 tokio::time::sleep(delay).await;
@@ -184,11 +180,7 @@ pub async fn start(role: Role, config: AppConfig) -> anyhow::Result<App> {
             tracepost_collector::http_router(ingest),
             shutdown_signal.clone(),
         ));
-        let maintenance = tokio::spawn(run_maintenance(
-            pool.clone(),
-            config.clone(),
-            shutdown_signal.clone(),
-        ));
+        let maintenance = tokio::spawn(run_maintenance(pool.clone(), config.clone(), shutdown_signal.clone()));
         collector = Some((pipeline, tasks, maintenance));
     }
 
@@ -225,9 +217,7 @@ pub async fn start(role: Role, config: AppConfig) -> anyhow::Result<App> {
             "shutting down: no new connections, finishing requests in flight"
         );
         let deadline = tokio::time::Instant::now() + grace;
-        let failed_before = collector
-            .as_ref()
-            .map_or(0, |(pipeline, _, _)| pipeline.failed_spans());
+        let failed_before = collector.as_ref().map_or(0, |(pipeline, _, _)| pipeline.failed_spans());
         let drained = tokio::time::timeout_at(deadline, async {
             for server in &mut servers {
                 if let Ok(Err(error)) = server.await {
@@ -255,10 +245,7 @@ pub async fn start(role: Role, config: AppConfig) -> anyhow::Result<App> {
                 failed_spans = failed,
                 "shutdown grace period ended with spans not committed; their clients were not acknowledged"
             );
-            anyhow::bail!(
-                "{} span(s) not committed at shutdown",
-                pending as u64 + failed
-            );
+            anyhow::bail!("{} span(s) not committed at shutdown", pending as u64 + failed);
         }
         tracing::info!("shutdown complete, every acknowledged span is committed");
         Ok(())
@@ -316,15 +303,9 @@ async fn readyz(State(health): State<Health>) -> Response {
     if !health.ready.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
-    let version = tokio::time::timeout(
-        Duration::from_secs(2),
-        schema::current_version(&health.pool),
-    )
-    .await;
+    let version = tokio::time::timeout(Duration::from_secs(2), schema::current_version(&health.pool)).await;
     match version {
-        Ok(Ok(version)) if version >= schema::REQUIRED_VERSION => {
-            (StatusCode::OK, "ready\n").into_response()
-        }
+        Ok(Ok(version)) if version >= schema::REQUIRED_VERSION => (StatusCode::OK, "ready\n").into_response(),
         Ok(Ok(version)) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
@@ -338,11 +319,7 @@ async fn readyz(State(health): State<Health>) -> Response {
             format!("database unreachable: {error}\n"),
         )
             .into_response(),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "database did not answer within 2s\n",
-        )
-            .into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database did not answer within 2s\n").into_response(),
     }
 }
 

@@ -18,14 +18,10 @@ use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{
-    span::SpanKind, ResourceSpans, ScopeSpans, Span, Status,
-};
+use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, ResourceSpans, ScopeSpans, Span, Status};
 use prost::Message;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -150,14 +146,8 @@ fn pod_resource(pod: usize) -> Resource {
         string_attribute("linkerd.io/control-plane-ns", "linkerd"),
         string_attribute("app.kubernetes.io/name", service),
         string_attribute("pod-template-hash", "7d9f8c"),
-        string_attribute(
-            "k8s.pod.ip",
-            format!("10.{}.{}.{}", pod % 2, pod / 250, pod % 250 + 1),
-        ),
-        string_attribute(
-            "k8s.pod.uid",
-            format!("0b3f{pod:04}-1c2d-4e5f-8a9b-{pod:012}"),
-        ),
+        string_attribute("k8s.pod.ip", format!("10.{}.{}.{}", pod % 2, pod / 250, pod % 250 + 1)),
+        string_attribute("k8s.pod.uid", format!("0b3f{pod:04}-1c2d-4e5f-8a9b-{pod:012}")),
         string_attribute("k8s.container.name", service),
     ];
     Resource {
@@ -175,12 +165,7 @@ struct Generated {
 }
 
 /// Generates request number `index` (deterministic in seed and index).
-fn generate_request(
-    args: &LoadgenArgs,
-    resources: &[Resource],
-    index: u64,
-    base_nanos: u64,
-) -> Generated {
+fn generate_request(args: &LoadgenArgs, resources: &[Resource], index: u64, base_nanos: u64) -> Generated {
     let mut rng = Rng::new(args.seed ^ index.wrapping_mul(0x1000_0000_01b3).wrapping_add(1));
     let mut by_pod: BTreeMap<usize, Vec<Span>> = BTreeMap::new();
     let mut spans = 0;
@@ -206,14 +191,9 @@ fn generate_request(
             let source_pod = caller * REPLICAS + rng.below(REPLICAS);
             let destination_pod = callee * REPLICAS + rng.below(REPLICAS);
             let (callee_service, callee_namespace, _) = SERVICES[callee];
-            let path =
-                PATHS[rng.below(PATHS.len())].replace("{}", &(rng.below(100_000)).to_string());
+            let path = PATHS[rng.below(PATHS.len())].replace("{}", &(rng.below(100_000)).to_string());
             let method = METHODS[rng.below(METHODS.len())];
-            let status = if rng.chance(args.error_ratio) {
-                "503"
-            } else {
-                "200"
-            };
+            let status = if rng.chance(args.error_ratio) { "503" } else { "200" };
             let authority = format!("{callee_service}.{callee_namespace}.svc.cluster.local:8080");
             let layers = [
                 (source_pod, SpanKind::Server, "outbound"),
@@ -282,10 +262,7 @@ fn generate_request(
 
 /// Text COPY rows of the plain baseline table:
 /// trace_id, span_id, parent_span_id, service, name, kind, start_ns, duration_ns, status, attributes (jsonb), cluster.
-fn write_copy_text(
-    out: &mut impl Write,
-    request: &ExportTraceServiceRequest,
-) -> std::io::Result<()> {
+fn write_copy_text(out: &mut impl Write, request: &ExportTraceServiceRequest) -> std::io::Result<()> {
     for resource_spans in &request.resource_spans {
         let resource = resource_spans.resource.as_ref();
         let find = |key: &str| {
@@ -298,18 +275,12 @@ fn write_copy_text(
                 .unwrap_or_default()
         };
         let (service, cluster) = (find("service.name"), find("k8s.cluster.name"));
-        for span in resource_spans
-            .scope_spans
-            .iter()
-            .flat_map(|scope| scope.spans.iter())
-        {
+        for span in resource_spans.scope_spans.iter().flat_map(|scope| scope.spans.iter()) {
             let attributes: Vec<String> = span
                 .attributes
                 .iter()
                 .filter_map(|kv| match kv.value.as_ref()?.value.as_ref()? {
-                    any_value::Value::StringValue(text) => {
-                        Some(format!("\"{}\":\"{}\"", kv.key, text))
-                    }
+                    any_value::Value::StringValue(text) => Some(format!("\"{}\":\"{}\"", kv.key, text)),
                     _ => None,
                 })
                 .collect();
@@ -347,10 +318,7 @@ struct Counters {
 #[allow(clippy::large_enum_variant)]
 enum Client {
     Http {
-        client: hyper_util::client::legacy::Client<
-            hyper_util::client::legacy::connect::HttpConnector,
-            Full<Bytes>,
-        >,
+        client: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
         uri: http::Uri,
     },
     Grpc(Box<TraceServiceClient<tonic::transport::Channel>>),
@@ -443,13 +411,10 @@ fn process_cpu_seconds() -> f64 {
 /// Runs the load generator to completion.
 pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
     let requests = args.spans.div_ceil(args.request_spans.max(1) as u64);
-    let resources: Arc<Vec<Resource>> =
-        Arc::new((0..SERVICES.len() * REPLICAS).map(pod_resource).collect());
-    let base_nanos =
-        SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as u64 - 60_000_000_000;
+    let resources: Arc<Vec<Resource>> = Arc::new((0..SERVICES.len() * REPLICAS).map(pod_resource).collect());
+    let base_nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as u64 - 60_000_000_000;
     if let Some(path) = &args.copy_text_out {
-        let file =
-            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
         let mut out = std::io::BufWriter::new(file);
         for index in 0..requests {
             write_copy_text(
@@ -462,13 +427,10 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
     if args.dry_run {
         return Ok(());
     }
-    let endpoint = args
-        .endpoint
-        .clone()
-        .unwrap_or_else(|| match args.protocol {
-            Protocol::Http => "http://127.0.0.1:4318".into(),
-            Protocol::Grpc => "http://127.0.0.1:4317".into(),
-        });
+    let endpoint = args.endpoint.clone().unwrap_or_else(|| match args.protocol {
+        Protocol::Http => "http://127.0.0.1:4318".into(),
+        Protocol::Grpc => "http://127.0.0.1:4317".into(),
+    });
     let counters = Arc::new(Counters::default());
     let next_request = Arc::new(AtomicU64::new(0));
     let sample_trace = Arc::new(std::sync::Mutex::new(None::<[u8; 16]>));
@@ -510,10 +472,7 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
     for _ in 0..args.concurrency.max(1) {
         let mut client = match args.protocol {
             Protocol::Http => Client::Http {
-                client: hyper_util::client::legacy::Client::builder(
-                    hyper_util::rt::TokioExecutor::new(),
-                )
-                .build_http(),
+                client: hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http(),
                 uri: format!("{}/v1/traces", endpoint.trim_end_matches('/'))
                     .parse()
                     .context("invalid --endpoint")?,
@@ -540,19 +499,13 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
                 }
                 if args.rate > 0 {
                     let due = started
-                        + Duration::from_secs_f64(
-                            (index * args.request_spans as u64) as f64 / args.rate as f64,
-                        );
+                        + Duration::from_secs_f64((index * args.request_spans as u64) as f64 / args.rate as f64);
                     tokio::time::sleep_until(due.into()).await;
                 }
                 let (payload, first_trace_id, span_count) = match &pregenerated {
                     Some(all) => {
                         let (bytes, first_trace_id, span_count) = &all[index as usize];
-                        (
-                            Payload::Encoded(bytes.clone()),
-                            *first_trace_id,
-                            *span_count,
-                        )
+                        (Payload::Encoded(bytes.clone()), *first_trace_id, *span_count)
                     }
                     None => {
                         let generated = generate_request(&args, &resources, index, base_nanos);
@@ -570,9 +523,7 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
                             let rejected = response
                                 .partial_success
                                 .map_or(0, |partial| partial.rejected_spans.max(0) as u64);
-                            counters
-                                .spans_rejected
-                                .fetch_add(rejected, Ordering::Relaxed);
+                            counters.spans_rejected.fetch_add(rejected, Ordering::Relaxed);
                             counters
                                 .spans_acked
                                 .fetch_add(span_count.saturating_sub(rejected), Ordering::Relaxed);
@@ -680,11 +631,7 @@ mod tests {
         assert!(spans.len() >= 200 && spans.len() < 240, "{}", spans.len());
         assert_eq!(spans.len() % 4, 0, "four proxy spans per hop");
         for span in &spans {
-            assert_eq!(
-                span.status.as_ref().map(|s| s.code),
-                Some(0),
-                "status is always UNSET"
-            );
+            assert_eq!(span.status.as_ref().map(|s| s.code), Some(0), "status is always UNSET");
             assert!(span.attributes.iter().all(|kv| matches!(
                 kv.value.as_ref().and_then(|v| v.value.as_ref()),
                 Some(any_value::Value::StringValue(_))

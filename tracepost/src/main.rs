@@ -66,18 +66,10 @@ struct ServeArgs {
     #[command(flatten)]
     database: DatabaseArgs,
     /// OTLP/gRPC listen address.
-    #[arg(
-        long,
-        env = "TRACEPOST_OTLP_GRPC_LISTEN",
-        default_value = "0.0.0.0:4317"
-    )]
+    #[arg(long, env = "TRACEPOST_OTLP_GRPC_LISTEN", default_value = "0.0.0.0:4317")]
     otlp_grpc_listen: SocketAddr,
     /// OTLP/HTTP listen address.
-    #[arg(
-        long,
-        env = "TRACEPOST_OTLP_HTTP_LISTEN",
-        default_value = "0.0.0.0:4318"
-    )]
+    #[arg(long, env = "TRACEPOST_OTLP_HTTP_LISTEN", default_value = "0.0.0.0:4318")]
     otlp_http_listen: SocketAddr,
     /// Query API listen address (Jaeger API, /healthz, /readyz, /metrics in `serve`).
     #[arg(long, env = "TRACEPOST_QUERY_LISTEN", default_value = "0.0.0.0:16686")]
@@ -158,9 +150,7 @@ impl ServeArgs {
 /// Parses `250ms`, `5s`, `10m`, `36h`, `7d`.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let number: u64 = number
         .parse()
@@ -171,11 +161,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
-        _ => {
-            return Err(format!(
-                "invalid duration unit in {text:?}: use ms, s, m, h or d"
-            ))
-        }
+        _ => return Err(format!("invalid duration unit in {text:?}: use ms, s, m, h or d")),
     };
     Ok(Duration::from_secs(number * seconds))
 }
@@ -195,10 +181,7 @@ fn init_logging(json: bool) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("tracepost: cannot start the async runtime: {error}");
@@ -252,9 +235,7 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate = match tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::terminate(),
-        ) {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(signal) => signal,
             Err(error) => {
                 tracing::warn!(%error, "cannot listen for SIGTERM, only Ctrl-C stops tracepost");

@@ -7,13 +7,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use opentelemetry::trace::{
-    Span as _, SpanKind, Status, TraceContextExt, Tracer, TracerProvider as _,
-};
+use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_sdk::trace::{
-    InMemorySpanExporter, SdkTracerProvider, SpanData, SpanExporter as _,
-};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData, SpanExporter as _};
 use opentelemetry_sdk::Resource;
 use tracepost::{App, AppConfig, Role};
 use tracepost_storage::DatabaseConfig;
@@ -22,11 +18,8 @@ use tracepost_storage::DatabaseConfig;
 /// cluster started by `scripts/pg-cluster.sh` (never the system's).
 pub fn admin_url() -> String {
     static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| {
-        std::env::var("TRACEPOST_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| private_cluster("test", false))
-    })
-    .clone()
+    URL.get_or_init(|| std::env::var("TRACEPOST_TEST_DATABASE_URL").unwrap_or_else(|_| private_cluster("test", false)))
+        .clone()
 }
 
 /// Starts (or reuses) a private cluster and returns its URL.
@@ -45,10 +38,7 @@ pub fn private_cluster(name: &str, tls: bool) -> String {
         "{script} start {name} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    String::from_utf8(output.stdout)
-        .expect("utf-8 url")
-        .trim()
-        .to_owned()
+    String::from_utf8(output.stdout).expect("utf-8 url").trim().to_owned()
 }
 
 /// The CA certificate of a `--tls` private cluster.
@@ -59,15 +49,8 @@ pub fn private_cluster_ca(name: &str) -> String {
         .args(["ca", name])
         .output()
         .expect("run script");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
-        .expect("utf-8 path")
-        .trim()
-        .to_owned()
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).expect("utf-8 path").trim().to_owned()
 }
 
 /// A database of its own for one test.
@@ -160,10 +143,7 @@ pub async fn serve(database: &TestDatabase) -> App {
 }
 
 pub fn http_endpoint(app: &App) -> String {
-    format!(
-        "http://{}/v1/traces",
-        app.otlp_http_addr.expect("otlp http listener")
-    )
+    format!("http://{}/v1/traces", app.otlp_http_addr.expect("otlp http listener"))
 }
 
 pub fn grpc_endpoint(app: &App) -> String {
@@ -179,28 +159,21 @@ pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
     let response = reqwest::get(url).await.expect("query request");
     let status = response.status().as_u16();
     let text = response.text().await.expect("query body");
-    let body = serde_json::from_str(&text)
-        .unwrap_or_else(|error| panic!("{url} answered non-JSON ({error}): {text}"));
+    let body = serde_json::from_str(&text).unwrap_or_else(|error| panic!("{url} answered non-JSON ({error}): {text}"));
     (status, body)
 }
 
 /// GETs a URL and returns (status, text body).
 pub async fn get_text(url: &str) -> (u16, String) {
     let response = reqwest::get(url).await.expect("request");
-    (
-        response.status().as_u16(),
-        response.text().await.expect("body"),
-    )
+    (response.status().as_u16(), response.text().await.expect("body"))
 }
 
 /// The value of one sample in a Prometheus/OpenMetrics text page, e.g.
 /// `metric_value(&page, "tracepost_spans_rejected_total{reason=\"invalid_trace_id\"}")`.
 pub fn metric_value(page: &str, sample: &str) -> f64 {
     page.lines()
-        .find_map(|line| {
-            line.strip_prefix(sample)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
+        .find_map(|line| line.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
         .and_then(|value| value.split_whitespace().next()?.parse().ok())
         .unwrap_or(0.0)
 }
@@ -244,18 +217,14 @@ pub fn sdk_trace(service: &str) -> SdkTrace {
             KeyValue::new("cached", false),
             KeyValue::new(
                 "tags",
-                opentelemetry::Value::Array(opentelemetry::Array::String(vec![
-                    "a".into(),
-                    "b".into(),
-                ])),
+                opentelemetry::Value::Array(opentelemetry::Array::String(vec!["a".into(), "b".into()])),
             ),
         ])
         .start(&tracer);
     let context = Context::current_with_span(root);
     // A link to a span of another trace (a batch job that this request continues, say).
     let linked = opentelemetry::trace::SpanContext::new(
-        opentelemetry::trace::TraceId::from_hex("0af7651916cd43dd8448eb211c80319c")
-            .expect("trace id"),
+        opentelemetry::trace::TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").expect("trace id"),
         opentelemetry::trace::SpanId::from_hex("b7ad6b7169203331").expect("span id"),
         opentelemetry::trace::TraceFlags::SAMPLED,
         true,
@@ -276,10 +245,7 @@ pub fn sdk_trace(service: &str) -> SdkTrace {
 }
 
 /// Exports spans with the real OTLP/gRPC exporter of `opentelemetry-otlp`.
-pub async fn export_grpc(
-    endpoint: &str,
-    trace: &SdkTrace,
-) -> opentelemetry_sdk::error::OTelSdkResult {
+pub async fn export_grpc(endpoint: &str, trace: &SdkTrace) -> opentelemetry_sdk::error::OTelSdkResult {
     use opentelemetry_otlp::WithExportConfig;
     let mut exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
@@ -327,11 +293,7 @@ pub async fn post_otlp(
     let response = request.send().await.expect("post otlp");
     let status = response.status().as_u16();
     let headers = response.headers().clone();
-    (
-        status,
-        headers,
-        response.bytes().await.expect("body").to_vec(),
-    )
+    (status, headers, response.bytes().await.expect("body").to_vec())
 }
 
 /// The Linkerd fixture (one hop, four proxy spans) as OTLP/JSON.
