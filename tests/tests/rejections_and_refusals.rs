@@ -250,7 +250,10 @@ async fn raw_grpc_export(app: &tracepost::App, payload: &[u8]) -> (i32, String) 
             .unwrap_or_default()
             .to_owned()
     };
-    (find("grpc-status").parse().unwrap_or(-1), percent_decode(&find("grpc-message")))
+    (
+        find("grpc-status").parse().unwrap_or(-1),
+        percent_decode(&find("grpc-message")),
+    )
 }
 
 /// grpc-message is percent-encoded on the wire.
@@ -260,7 +263,10 @@ fn percent_decode(text: &str) -> String {
     let mut index = 0;
     while index < bytes.len() {
         let escaped = (bytes[index] == b'%' && index + 2 < bytes.len() + 1)
-            .then(|| text.get(index + 1..index + 3).and_then(|hex| u8::from_str_radix(hex, 16).ok()))
+            .then(|| {
+                text.get(index + 1..index + 3)
+                    .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+            })
             .flatten();
         match escaped {
             Some(byte) => {
