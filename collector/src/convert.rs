@@ -5,6 +5,7 @@
 //! `ResourceSpans`, not per span.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -17,6 +18,8 @@ use tracepost_storage::model::{
 };
 use tracepost_storage::time::day_of;
 use tracepost_storage::{EncodedSpans, ResourceRow};
+
+use crate::catalog::{OperationCatalog, RequestOperations};
 
 /// Why a span was rejected. Each reason is a metric label value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -55,12 +58,16 @@ impl RejectReason {
 pub struct ConvertConfig {
     /// The cluster of spans whose resource has no `k8s.cluster.name`.
     pub cluster_name: Option<String>,
+    /// Operations already recorded in the `operations` dictionary.
+    pub catalog: Arc<OperationCatalog>,
 }
 
 /// One request, converted.
 #[derive(Debug, Default)]
 pub struct Converted {
     pub encoded: EncodedSpans,
+    /// Catalog keys of `encoded.operations`, forgotten again if the write fails.
+    pub operation_keys: Vec<u64>,
     /// Rejected spans by reason, in the order first seen.
     pub rejected: Vec<(RejectReason, u64)>,
 }
@@ -93,6 +100,7 @@ pub fn convert_request(request: ExportTraceServiceRequest, config: &ConvertConfi
     let mut converted = Converted::default();
     let mut rows = BytesMut::new();
     let mut resource_days = HashSet::new();
+    let mut operations = RequestOperations::default();
     for resource_spans in request.resource_spans {
         let otlp_resource = resource_spans.resource.unwrap_or_default();
         let resource = Resource {
@@ -116,24 +124,26 @@ pub fn convert_request(request: ExportTraceServiceRequest, config: &ConvertConfi
                         continue;
                     }
                 };
-                info.note_day(
+                let day = info.note_day(
                     span.start_time_unix_nano,
                     &mut resource_days,
                     &mut converted.encoded.resources,
                 );
+                operations.observe(&config.catalog, &info.service, &span.name, span.kind as i16, day);
                 encode_span_row(&mut rows, info.context(), &span);
                 converted.encoded.span_count += 1;
             }
         }
     }
     converted.encoded.rows = rows.freeze();
+    (converted.encoded.operations, converted.operation_keys) = operations.finish(&config.catalog);
     converted
 }
 
 /// Service name, cluster and ID of a resource, derived once per `ResourceSpans`.
 #[derive(Clone, Debug)]
 pub(crate) struct ResourceInfo {
-    service: String,
+    pub(crate) service: String,
     cluster: Option<String>,
     id: i64,
     body: Bytes,
@@ -173,14 +183,14 @@ impl ResourceInfo {
         }
     }
 
-    /// Records that a span starting at `start_time_unix_nano` references this resource: one resource row per
-    /// (resource, day) a request touches.
+    /// Records that a span starting at `start_time_unix_nano` references this resource (one resource row per
+    /// (resource, day) a request touches) and returns that day.
     pub(crate) fn note_day(
         &self,
         start_time_unix_nano: u64,
         seen: &mut HashSet<(i64, i32)>,
         rows: &mut Vec<ResourceRow>,
-    ) {
+    ) -> i32 {
         let day = day_of(i64::try_from(start_time_unix_nano).unwrap_or(i64::MAX));
         if seen.insert((self.id, day)) {
             rows.push(ResourceRow {
@@ -191,6 +201,7 @@ impl ResourceInfo {
                 body: self.body.clone(),
             });
         }
+        day
     }
 }
 

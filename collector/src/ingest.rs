@@ -178,6 +178,7 @@ impl Ingest {
         let message = converted.rejection_message();
         let accepted = converted.encoded.span_count as u64;
         if let Err(error) = self.inner.pipeline.submit(converted.encoded).await {
+            self.inner.convert.catalog.forget(&converted.operation_keys);
             let error = ExportError::from(error);
             self.count_refused_request(transport, &error);
             metrics

@@ -3,6 +3,7 @@
 //!
 //! Depends on `tracepost-storage` only (never on the query crate).
 
+pub mod catalog;
 pub mod convert;
 pub mod grpc;
 pub mod http;
@@ -11,6 +12,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod wire;
 
+pub use catalog::OperationCatalog;
 pub use convert::ConvertConfig;
 pub use grpc::grpc_router;
 pub use http::http_router;

@@ -18,6 +18,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tracepost_storage::copy::{encode_span_row_with_detail, sanitize_text, RowSpan};
 use tracepost_storage::model::{SpanKind, StatusCode};
 
+use crate::catalog::RequestOperations;
 use crate::convert::{validate_span, ConvertConfig, Converted, ResourceInfo, ValidIds};
 
 /// Why a body is not a valid `ExportTraceServiceRequest`.
@@ -271,6 +272,7 @@ pub fn convert_protobuf(body: &[u8], config: &ConvertConfig) -> Result<Converted
         rows: BytesMut::with_capacity(body.len() + body.len() / 4),
         resource_days: HashSet::new(),
         detail: Vec::with_capacity(1024),
+        operations: RequestOperations::default(),
         config,
     };
     let mut reader = Reader::new(body);
@@ -284,6 +286,7 @@ pub fn convert_protobuf(body: &[u8], config: &ConvertConfig) -> Result<Converted
         }
     }
     state.converted.encoded.rows = state.rows.freeze();
+    (state.converted.encoded.operations, state.converted.operation_keys) = state.operations.finish(&config.catalog);
     Ok(state.converted)
 }
 
@@ -293,6 +296,7 @@ struct State<'c> {
     resource_days: HashSet<(i64, i32)>,
     /// Scratch buffer for one span's `detail`.
     detail: Vec<u8>,
+    operations: RequestOperations,
     config: &'c ConvertConfig,
 }
 
@@ -492,11 +496,13 @@ impl State<'_> {
             kind: SpanKind::from_i32(fields.kind),
             status_code: StatusCode::from_i32(fields.status_code),
         };
-        info.note_day(
+        let day = info.note_day(
             fields.start,
             &mut self.resource_days,
             &mut self.converted.encoded.resources,
         );
+        self.operations
+            .observe(&self.config.catalog, &info.service, &safe_name, row.kind as i16, day);
         encode_span_row_with_detail(&mut self.rows, info.context(), &row, &self.detail);
         self.converted.encoded.span_count += 1;
         Ok(())

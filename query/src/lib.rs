@@ -3,14 +3,19 @@
 //! * `api`: the axum [`router`], its handlers and the two error envelopes (Jaeger v1 and api_v3).
 //! * [`jaeger`]: a stored trace as Jaeger's v1 "UI JSON" trace.
 //! * [`otlp_json`]: a stored trace back as OTLP `TracesData`, its OTLP/JSON rendering and protobuf encoding.
+//! * [`tempo`]: the Tempo HTTP API subset Grafana's Tempo data source uses ([`tempo_router`]), with
+//!   [`traceql`], the TraceQL subset it parses.
 //!
 //! Depends on `tracepost-storage` only (never on the collector crate).
 
 mod api;
 pub mod jaeger;
 pub mod otlp_json;
+pub mod tempo;
+pub mod traceql;
 
 #[cfg(test)]
 mod fixtures;
 
 pub use api::router;
+pub use tempo::tempo_router;

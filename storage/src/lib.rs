@@ -3,6 +3,7 @@
 
 pub mod copy;
 pub mod db;
+pub mod dependencies;
 pub mod model;
 pub mod partitions;
 pub mod reader;
@@ -12,8 +13,8 @@ pub mod writer;
 
 pub use db::{connect_pool, ConnectError, DatabaseConfig};
 pub use deadpool_postgres::Pool;
-pub use reader::{StoredTrace, TimeRange, TraceReader};
-pub use writer::{EncodedSpans, ResourceRow, SpanWriter};
+pub use reader::{DependencyLink, SearchBudget, SpanFilter, StoredTrace, TimeRange, TraceReader};
+pub use writer::{EncodedSpans, OperationRow, ResourceRow, SpanWriter};
 
 /// Why a storage call failed.
 #[derive(Debug, thiserror::Error)]

@@ -108,6 +108,9 @@ async fn maintain_locked(
     client
         .execute("DELETE FROM resources WHERE day < $1", &[&(oldest_kept - 1)])
         .await?;
+    client
+        .execute("DELETE FROM operations WHERE last_seen_day < $1", &[&(oldest_kept - 1)])
+        .await?;
     if !report.created.is_empty() || !report.dropped.is_empty() {
         tracing::info!(created = ?report.created, dropped = ?report.dropped, "maintained span partitions");
     }

@@ -1,9 +1,11 @@
-//! Reading traces back.
+//! Reading traces back: by ID, by search, and the services, operations and dependencies lists.
 
 use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use prost::Message;
+use tokio_postgres::Row;
 
 use crate::model::{Resource, Span, SpanDetail, SpanId, SpanKind, StatusCode, StoredResource, StoredSpan, TraceId};
 use crate::StorageError;
@@ -16,12 +18,96 @@ pub struct StoredTrace {
     pub resources: HashMap<i64, StoredResource>,
 }
 
+impl StoredTrace {
+    /// The resource of a span, if stored.
+    pub fn resource_of(&self, span: &StoredSpan) -> Option<&StoredResource> {
+        self.resources.get(&span.resource_id)
+    }
+
+    /// The earliest span start, in Unix nanoseconds.
+    pub fn start_time_unix_nano(&self) -> u64 {
+        self.spans
+            .iter()
+            .map(|span| span.span.start_time_unix_nano)
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// The latest span end, in Unix nanoseconds.
+    pub fn end_time_unix_nano(&self) -> u64 {
+        self.spans
+            .iter()
+            .map(|span| span.span.end_time_unix_nano())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The root span: the earliest span without a parent, or failing that the earliest span.
+    pub fn root(&self) -> Option<&StoredSpan> {
+        self.spans
+            .iter()
+            .find(|span| span.span.parent_span_id.is_none())
+            .or_else(|| self.spans.first())
+    }
+}
+
 /// Optional bounds on a trace's span start times, in Unix nanoseconds (a hint that prunes partitions).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TimeRange {
     pub start: Option<i64>,
     pub end: Option<i64>,
 }
+
+/// What SQL can select candidate spans by; everything else a search asks is checked on the fetched traces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpanFilter {
+    /// Services to search; `None` means every service in the operations dictionary.
+    pub services: Option<Vec<String>>,
+    /// Exact span name.
+    pub operation: Option<String>,
+    /// Span duration bounds, inclusive, in nanoseconds.
+    pub min_duration_ns: Option<i64>,
+    pub max_duration_ns: Option<i64>,
+    /// Span start bounds, inclusive, in Unix nanoseconds.
+    pub start_min_ns: i64,
+    pub start_max_ns: i64,
+}
+
+/// Bounds on the work one search may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SearchBudget {
+    /// Candidate spans read per round trip.
+    pub page_spans: i64,
+    /// Round trips at most.
+    pub max_pages: usize,
+    /// Wall time at most (checked between pages).
+    pub max_time: Duration,
+}
+
+impl Default for SearchBudget {
+    fn default() -> Self {
+        Self {
+            page_spans: 2000,
+            max_pages: 20,
+            max_time: Duration::from_millis(500),
+        }
+    }
+}
+
+/// A dependency link between two services.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DependencyLink {
+    pub parent: String,
+    pub child: String,
+    pub call_count: i64,
+}
+
+/// Slack around a time range when fetching the spans of traces found by search: a trace's other spans may
+/// start a little before or after the span that matched.
+const TRACE_SLACK_NS: i64 = 10 * 60 * 1_000_000_000;
+
+const SPAN_COLUMNS: &str =
+    "trace_id, span_id, parent_span_id, start_ns, service, name, kind, status, cluster, resource_id, detail";
 
 /// Reads traces. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -35,91 +121,262 @@ impl TraceReader {
     }
 
     /// Fetches one trace. `None` when no span of it is stored.
+    pub async fn get_trace(&self, trace_id: TraceId, range: TimeRange) -> Result<Option<StoredTrace>, StorageError> {
+        Ok(self.get_traces(&[trace_id], range).await?.pop())
+    }
+
+    /// Fetches traces by ID, in the order asked; IDs with no stored span are left out.
     ///
     /// Spans are deduplicated here, on read: a client that retried an export whose acknowledgement it lost
     /// may have stored the same (trace ID, span ID) twice, and the first copy wins.
-    pub async fn get_trace(&self, trace_id: TraceId, range: TimeRange) -> Result<Option<StoredTrace>, StorageError> {
+    pub async fn get_traces(&self, trace_ids: &[TraceId], range: TimeRange) -> Result<Vec<StoredTrace>, StorageError> {
+        if trace_ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let client = self.pool.get().await?;
         let statement = client
-            .prepare_cached(
-                "SELECT span_id, parent_span_id, start_ns, service, name, kind, status, cluster, resource_id, detail
-                 FROM spans
-                 WHERE trace_id = $1 AND start_ns >= $2 AND start_ns <= $3
-                 ORDER BY start_ns, span_id",
-            )
+            .prepare_cached(&format!(
+                "SELECT {SPAN_COLUMNS} FROM spans
+                 WHERE trace_id = ANY($1) AND start_ns >= $2 AND start_ns <= $3
+                 ORDER BY start_ns, span_id"
+            ))
             .await?;
+        let ids: Vec<&[u8]> = trace_ids.iter().map(|id| id.0.as_slice()).collect();
         let rows = client
             .query(
                 &statement,
-                &[
-                    &trace_id.0.as_slice(),
-                    &range.start.unwrap_or(i64::MIN),
-                    &range.end.unwrap_or(i64::MAX),
-                ],
+                &[&ids, &range.start.unwrap_or(i64::MIN), &range.end.unwrap_or(i64::MAX)],
             )
             .await?;
-        if rows.is_empty() {
-            return Ok(None);
-        }
+        let mut by_trace: HashMap<TraceId, Vec<StoredSpan>> = HashMap::new();
         let mut seen = HashSet::with_capacity(rows.len());
-        let mut spans = Vec::with_capacity(rows.len());
-        for row in rows {
-            let span_id = SpanId::from_i64(row.get(0));
-            if !seen.insert(span_id) {
-                continue;
+        for row in &rows {
+            let span = span_from_row(row)?;
+            if seen.insert((span.span.trace_id, span.span.span_id)) {
+                by_trace.entry(span.span.trace_id).or_default().push(span);
             }
-            let parent: Option<i64> = row.get(1);
-            let start: i64 = row.get(2);
-            let detail_bytes: &[u8] = row.get(9);
-            let detail = SpanDetail::decode(detail_bytes).map_err(|error| StorageError::Corrupt(error.to_string()))?;
-            spans.push(StoredSpan {
-                span: Span {
-                    trace_id,
-                    span_id,
-                    parent_span_id: parent.map(SpanId::from_i64),
-                    name: row.get(4),
-                    kind: SpanKind::from_i32(i32::from(row.get::<_, i16>(5))),
-                    start_time_unix_nano: start.max(0) as u64,
-                    status_code: StatusCode::from_i32(i32::from(row.get::<_, i16>(6))),
-                    detail,
-                },
-                service_name: row.get(3),
-                cluster: row.get(7),
-                resource_id: row.get(8),
-            });
         }
-        let resource_ids: Vec<i64> = spans
-            .iter()
+        let resource_ids: Vec<i64> = by_trace
+            .values()
+            .flatten()
             .map(|span| span.resource_id)
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
-        let resource_rows = client
+        let resources = load_resources(&client, &resource_ids).await?;
+        let mut traces = Vec::with_capacity(by_trace.len());
+        for trace_id in trace_ids {
+            let Some(spans) = by_trace.remove(trace_id) else {
+                continue;
+            };
+            let resources = spans
+                .iter()
+                .filter_map(|span| {
+                    resources
+                        .get(&span.resource_id)
+                        .map(|resource| (span.resource_id, resource.clone()))
+                })
+                .collect();
+            traces.push(StoredTrace {
+                trace_id: *trace_id,
+                spans,
+                resources,
+            });
+        }
+        Ok(traces)
+    }
+
+    /// Service names, sorted.
+    pub async fn services(&self) -> Result<Vec<String>, StorageError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query("SELECT DISTINCT service FROM operations ORDER BY service", &[])
+            .await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
+    /// A service's operations (name and kind), sorted by name; `kind` narrows them to one span kind.
+    pub async fn operations(
+        &self,
+        service: &str,
+        kind: Option<SpanKind>,
+    ) -> Result<Vec<(String, SpanKind)>, StorageError> {
+        let client = self.pool.get().await?;
+        let kind = kind.map(|kind| kind as i16);
+        let rows = client
             .query(
-                "SELECT DISTINCT ON (resource_id) resource_id, service, cluster, body
-                 FROM resources WHERE resource_id = ANY($1)",
-                &[&resource_ids],
+                "SELECT name, kind FROM operations WHERE service = $1 AND ($2::int2 IS NULL OR kind = $2)
+                 ORDER BY name, kind",
+                &[&service, &kind],
             )
             .await?;
-        let mut resources = HashMap::with_capacity(resource_rows.len());
-        for row in resource_rows {
-            let id: i64 = row.get(0);
-            let body: &[u8] = row.get(3);
-            let resource = Resource::decode(body).map_err(|error| StorageError::Corrupt(error.to_string()))?;
-            resources.insert(
-                id,
-                StoredResource {
-                    id,
-                    service_name: row.get(1),
-                    cluster: row.get(2),
-                    resource,
-                },
-            );
-        }
-        Ok(Some(StoredTrace {
-            trace_id,
-            spans,
-            resources,
-        }))
+        Ok(rows
+            .iter()
+            .map(|row| (row.get(0), SpanKind::from_i32(i32::from(row.get::<_, i16>(1)))))
+            .collect())
     }
+
+    /// Distinct operation names across services, sorted, at most `limit`.
+    pub async fn operation_names(&self, limit: i64) -> Result<Vec<String>, StorageError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query("SELECT DISTINCT name FROM operations ORDER BY name LIMIT $1", &[&limit])
+            .await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
+    /// Newest-first search: traces with at least one span selected by `filter` for which `matches` holds,
+    /// at most `limit` of them, within `budget`. Candidates come newest first from the
+    /// `(service, start_ns DESC)` index, a page at a time, one index walk per service.
+    pub async fn find_traces(
+        &self,
+        filter: &SpanFilter,
+        limit: usize,
+        budget: SearchBudget,
+        matches: impl Fn(&StoredTrace) -> bool,
+    ) -> Result<Vec<StoredTrace>, StorageError> {
+        let started = Instant::now();
+        let services = match &filter.services {
+            Some(services) => services.clone(),
+            None => self.services().await?,
+        };
+        if services.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT c.trace_id, c.start_ns FROM unnest($1::text[]) AS s(service) CROSS JOIN LATERAL (
+                    SELECT trace_id, start_ns FROM spans
+                    WHERE spans.service = s.service AND start_ns >= $2 AND start_ns <= $3
+                      AND ($4::text IS NULL OR name = $4)
+                      AND duration_ns >= $5 AND duration_ns <= $6
+                    ORDER BY start_ns DESC LIMIT $7) c
+                 ORDER BY c.start_ns DESC LIMIT $7",
+            )
+            .await?;
+        drop(client);
+        let mut found = Vec::new();
+        let mut examined = HashSet::new();
+        let mut upper = filter.start_max_ns;
+        for _ in 0..budget.max_pages {
+            let client = self.pool.get().await?;
+            let rows = client
+                .query(
+                    &statement,
+                    &[
+                        &services,
+                        &filter.start_min_ns,
+                        &upper,
+                        &filter.operation,
+                        &filter.min_duration_ns.unwrap_or(0),
+                        &filter.max_duration_ns.unwrap_or(i64::MAX),
+                        &budget.page_spans,
+                    ],
+                )
+                .await?;
+            drop(client);
+            let exhausted = (rows.len() as i64) < budget.page_spans;
+            let mut candidates = Vec::new();
+            let (mut lowest, mut highest) = (i64::MAX, i64::MIN);
+            for row in &rows {
+                let start: i64 = row.get(1);
+                lowest = lowest.min(start);
+                highest = highest.max(start);
+                let trace_id = trace_id_from(row.get(0))?;
+                if examined.insert(trace_id) {
+                    candidates.push(trace_id);
+                }
+            }
+            if !candidates.is_empty() {
+                let range = TimeRange {
+                    start: Some(lowest.saturating_sub(TRACE_SLACK_NS)),
+                    end: Some(highest.saturating_add(TRACE_SLACK_NS)),
+                };
+                for trace in self.get_traces(&candidates, range).await? {
+                    if matches(&trace) {
+                        found.push(trace);
+                        if found.len() >= limit {
+                            return Ok(found);
+                        }
+                    }
+                }
+            }
+            if exhausted || started.elapsed() > budget.max_time || lowest == i64::MAX {
+                break;
+            }
+            // The next page starts below the oldest span of this one. Spans sharing that exact nanosecond
+            // with the page's last row may be skipped; their traces usually have other spans to find them by.
+            upper = lowest - 1;
+        }
+        Ok(found)
+    }
+
+    /// Service dependencies over `[end - lookback, end]`: parent/child span pairs whose services differ,
+    /// each child span counted once however often it was stored. Rolled-up buckets are summed and the tail
+    /// not rolled up yet is computed from the spans.
+    pub async fn dependencies(&self, end_ns: i64, lookback_ns: i64) -> Result<Vec<DependencyLink>, StorageError> {
+        crate::dependencies::query(&self.pool, end_ns.saturating_sub(lookback_ns), end_ns).await
+    }
+}
+
+fn trace_id_from(bytes: &[u8]) -> Result<TraceId, StorageError> {
+    <[u8; 16]>::try_from(bytes)
+        .map(TraceId)
+        .map_err(|_| StorageError::Corrupt("trace id is not 16 bytes".into()))
+}
+
+fn span_from_row(row: &Row) -> Result<StoredSpan, StorageError> {
+    let trace_id = trace_id_from(row.get(0))?;
+    let parent: Option<i64> = row.get(2);
+    let start: i64 = row.get(3);
+    let detail_bytes: &[u8] = row.get(10);
+    let detail = SpanDetail::decode(detail_bytes).map_err(|error| StorageError::Corrupt(error.to_string()))?;
+    Ok(StoredSpan {
+        span: Span {
+            trace_id,
+            span_id: SpanId::from_i64(row.get(1)),
+            parent_span_id: parent.map(SpanId::from_i64),
+            name: row.get(5),
+            kind: SpanKind::from_i32(i32::from(row.get::<_, i16>(6))),
+            start_time_unix_nano: start.max(0) as u64,
+            status_code: StatusCode::from_i32(i32::from(row.get::<_, i16>(7))),
+            detail,
+        },
+        service_name: row.get(4),
+        cluster: row.get(8),
+        resource_id: row.get(9),
+    })
+}
+
+async fn load_resources(
+    client: &tokio_postgres::Client,
+    resource_ids: &[i64],
+) -> Result<HashMap<i64, StoredResource>, StorageError> {
+    if resource_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = client
+        .query(
+            "SELECT DISTINCT ON (resource_id) resource_id, service, cluster, body
+             FROM resources WHERE resource_id = ANY($1)",
+            &[&resource_ids],
+        )
+        .await?;
+    let mut resources = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let id: i64 = row.get(0);
+        let body: &[u8] = row.get(3);
+        let resource = Resource::decode(body).map_err(|error| StorageError::Corrupt(error.to_string()))?;
+        resources.insert(
+            id,
+            StoredResource {
+                id,
+                service_name: row.get(1),
+                cluster: row.get(2),
+                resource,
+            },
+        );
+    }
+    Ok(resources)
 }

@@ -14,11 +14,18 @@ pub struct Migration {
 }
 
 /// Every migration, in order. Append only: never edit one that has shipped.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "spans",
-    sql: include_str!("../migrations/0001_spans.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "spans",
+        sql: include_str!("../migrations/0001_spans.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "query_dictionaries",
+        sql: include_str!("../migrations/0002_query_dictionaries.sql"),
+    },
+];
 
 /// The schema version this binary needs.
 pub const REQUIRED_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].version;

@@ -21,12 +21,23 @@ pub struct ResourceRow {
     pub body: Bytes,
 }
 
+/// An operation (service, span name, kind) seen on a day, for the operations dictionary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperationRow {
+    pub service: String,
+    pub name: String,
+    pub kind: i16,
+    pub day: i32,
+}
+
 /// The spans of one request, already encoded as binary COPY rows.
 #[derive(Clone, Debug, Default)]
 pub struct EncodedSpans {
     pub rows: Bytes,
     pub span_count: usize,
     pub resources: Vec<ResourceRow>,
+    /// Operations the collector has not recorded yet today.
+    pub operations: Vec<OperationRow>,
 }
 
 /// The most (resource, day) pairs remembered as already stored; past it the memory is cleared, which only
@@ -65,6 +76,27 @@ impl SpanWriter {
                      SELECT * FROM unnest($1::int8[], $2::int4[], $3::text[], $4::text[], $5::bytea[])
                      ON CONFLICT DO NOTHING",
                     &[&ids, &days, &services, &clusters, &bodies],
+                )
+                .await?;
+        }
+        let operations: Vec<&OperationRow> = parts.iter().flat_map(|part| part.operations.iter()).collect();
+        if !operations.is_empty() {
+            let services: Vec<&str> = operations.iter().map(|row| row.service.as_str()).collect();
+            let names: Vec<&str> = operations.iter().map(|row| row.name.as_str()).collect();
+            let kinds: Vec<i16> = operations.iter().map(|row| row.kind).collect();
+            let days: Vec<i32> = operations.iter().map(|row| row.day).collect();
+            // Sorted and deduplicated so concurrent writers lock rows in the same order (no deadlocks) and
+            // one statement never updates a row twice.
+            transaction
+                .execute(
+                    "INSERT INTO operations (service, name, kind, last_seen_day)
+                     SELECT service, name, kind, max(day)
+                     FROM unnest($1::text[], $2::text[], $3::int2[], $4::int4[]) AS o(service, name, kind, day)
+                     GROUP BY service, name, kind
+                     ORDER BY service, name, kind
+                     ON CONFLICT (service, name, kind) DO UPDATE SET last_seen_day = EXCLUDED.last_seen_day
+                     WHERE operations.last_seen_day < EXCLUDED.last_seen_day",
+                    &[&services, &names, &kinds, &days],
                 )
                 .await?;
         }

@@ -14,7 +14,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracepost_collector::{CollectorMetrics, ConvertConfig, Ingest, Pipeline, PipelineConfig};
+use tracepost_collector::{CollectorMetrics, ConvertConfig, Ingest, OperationCatalog, Pipeline, PipelineConfig};
 use tracepost_storage::{connect_pool, partitions, schema, DatabaseConfig, Pool, SpanWriter, TraceReader};
 
 /// Which parts of tracepost this process runs.
@@ -46,11 +46,15 @@ pub struct AppConfig {
     pub otlp_http_listen: SocketAddr,
     pub query_listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    pub tempo_listen: SocketAddr,
     pub cluster_name: Option<String>,
     pub retention: Duration,
     pub skip_migrations: bool,
     pub pipeline: PipelineConfig,
     pub max_request_bytes: usize,
+    /// Distinct operations recorded per service in the operations list (span names beyond it are still
+    /// stored and searchable, just not listed).
+    pub max_operations_per_service: usize,
     pub shutdown_grace: Duration,
     pub partition_days_ahead: i32,
     pub maintenance_interval: Duration,
@@ -65,11 +69,13 @@ impl AppConfig {
             otlp_http_listen: ([0, 0, 0, 0], 4318).into(),
             query_listen: ([0, 0, 0, 0], 16686).into(),
             admin_listen: ([0, 0, 0, 0], 8888).into(),
+            tempo_listen: ([0, 0, 0, 0], 3200).into(),
             cluster_name: None,
             retention: Duration::from_secs(7 * 86_400),
             skip_migrations: false,
             pipeline: PipelineConfig::default(),
             max_request_bytes: tracepost_collector::DEFAULT_MAX_REQUEST_BYTES,
+            max_operations_per_service: tracepost_collector::catalog::DEFAULT_MAX_OPERATIONS_PER_SERVICE,
             shutdown_grace: Duration::from_secs(25),
             partition_days_ahead: 2,
             maintenance_interval: Duration::from_secs(600),
@@ -84,6 +90,7 @@ pub struct App {
     pub otlp_http_addr: Option<SocketAddr>,
     pub query_addr: Option<SocketAddr>,
     pub admin_addr: Option<SocketAddr>,
+    pub tempo_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -149,7 +156,7 @@ pub async fn start(role: Role, config: AppConfig) -> anyhow::Result<App> {
     let ready = Arc::new(AtomicBool::new(false));
     let (shutdown, shutdown_signal) = watch::channel(false);
     let mut servers: Vec<JoinHandle<std::io::Result<()>>> = Vec::new();
-    let mut app_addrs = (None, None, None, None);
+    let mut app_addrs = (None, None, None, None, None);
 
     let mut collector = None;
     if role.collects() {
@@ -162,6 +169,7 @@ pub async fn start(role: Role, config: AppConfig) -> anyhow::Result<App> {
             pipeline.clone(),
             ConvertConfig {
                 cluster_name: config.cluster_name.clone(),
+                catalog: Arc::new(OperationCatalog::new(config.max_operations_per_service)),
             },
             metrics.clone(),
             config.max_request_bytes,
@@ -198,8 +206,16 @@ pub async fn start(role: Role, config: AppConfig) -> anyhow::Result<App> {
     if role.queries() {
         let listener = bind(config.query_listen, "query").await?;
         app_addrs.2 = Some(listener.local_addr()?);
-        let router = tracepost_query::router(TraceReader::new(pool.clone())).merge(health_routes);
+        let reader = TraceReader::new(pool.clone());
+        let router = tracepost_query::router(reader.clone()).merge(health_routes);
         servers.push(serve(listener, router, shutdown_signal.clone()));
+        let tempo = bind(config.tempo_listen, "tempo").await?;
+        app_addrs.4 = Some(tempo.local_addr()?);
+        servers.push(serve(
+            tempo,
+            tracepost_query::tempo_router(reader),
+            shutdown_signal.clone(),
+        ));
     } else {
         let listener = bind(config.admin_listen, "admin").await?;
         app_addrs.3 = Some(listener.local_addr()?);
@@ -255,6 +271,7 @@ pub async fn start(role: Role, config: AppConfig) -> anyhow::Result<App> {
         otlp_http_addr: app_addrs.1,
         query_addr: app_addrs.2,
         admin_addr: app_addrs.3,
+        tempo_addr: app_addrs.4,
         shutdown,
         task,
     })
@@ -287,17 +304,35 @@ async fn maintain(pool: &Pool, config: &AppConfig) -> Result<(), tracepost_stora
         .map(|_| ())
 }
 
+/// The collector role's background work: the dependency roll-up every `ROLLUP_INTERVAL`, partition
+/// maintenance every `maintenance_interval`. Both take advisory locks, so one instance does each.
 async fn run_maintenance(pool: Pool, config: AppConfig, mut shutdown: watch::Receiver<bool>) {
+    let mut partitions = tokio::time::interval(config.maintenance_interval);
+    let mut rollup = tokio::time::interval(ROLLUP_INTERVAL);
+    partitions.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    rollup.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    partitions.tick().await; // the first tick is immediate, and start-up already maintained partitions
     loop {
         tokio::select! {
-            () = tokio::time::sleep(config.maintenance_interval) => {}
+            _ = partitions.tick() => {
+                if let Err(error) = maintain(&pool, &config).await {
+                    tracing::warn!(%error, "partition maintenance failed, retrying at the next interval");
+                }
+            }
+            _ = rollup.tick() => {
+                let now = tracepost_storage::time::now_unix_nanos();
+                let retention = i64::try_from(config.retention.as_nanos()).unwrap_or(i64::MAX);
+                if let Err(error) = tracepost_storage::dependencies::rollup(&pool, now, retention).await {
+                    tracing::warn!(%error, "dependency roll-up failed, retrying at the next interval");
+                }
+            }
             _ = shutdown.wait_for(|stopping| *stopping) => return,
-        }
-        if let Err(error) = maintain(&pool, &config).await {
-            tracing::warn!(%error, "partition maintenance failed, retrying at the next interval");
         }
     }
 }
+
+/// How often settled 5-minute buckets of service dependencies are rolled up.
+const ROLLUP_INTERVAL: Duration = Duration::from_secs(60);
 
 async fn readyz(State(health): State<Health>) -> Response {
     if !health.ready.load(Ordering::SeqCst) {

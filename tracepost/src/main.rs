@@ -74,6 +74,9 @@ struct ServeArgs {
     /// Query API listen address (Jaeger API, /healthz, /readyz, /metrics in `serve`).
     #[arg(long, env = "TRACEPOST_QUERY_LISTEN", default_value = "0.0.0.0:16686")]
     query_listen: SocketAddr,
+    /// Tempo API listen address (the subset Grafana's Tempo data source uses), in `serve` and `query`.
+    #[arg(long, env = "TRACEPOST_TEMPO_LISTEN", default_value = "0.0.0.0:3200")]
+    tempo_listen: SocketAddr,
     /// Admin listen address of the collector role (/healthz, /readyz, /metrics).
     #[arg(long, env = "TRACEPOST_ADMIN_LISTEN", default_value = "0.0.0.0:8888")]
     admin_listen: SocketAddr,
@@ -89,6 +92,9 @@ struct ServeArgs {
     /// Cap on OTLP request bodies, compressed and decompressed, in bytes.
     #[arg(long, env = "TRACEPOST_MAX_REQUEST_BYTES", default_value_t = tracepost_collector::DEFAULT_MAX_REQUEST_BYTES)]
     max_request_bytes: usize,
+    /// Distinct operations listed per service (span names beyond it are stored and searchable, not listed).
+    #[arg(long, env = "TRACEPOST_MAX_OPERATIONS_PER_SERVICE", default_value_t = tracepost_collector::catalog::DEFAULT_MAX_OPERATIONS_PER_SERVICE)]
+    max_operations_per_service: usize,
     /// Encoded span bytes admitted and not yet committed, at most; beyond it requests are refused as overloaded.
     #[arg(long, env = "TRACEPOST_MAX_INFLIGHT_BYTES", default_value_t = PipelineConfig::default().max_inflight_bytes)]
     max_inflight_bytes: usize,
@@ -128,10 +134,12 @@ impl ServeArgs {
         config.otlp_http_listen = self.otlp_http_listen;
         config.query_listen = self.query_listen;
         config.admin_listen = self.admin_listen;
+        config.tempo_listen = self.tempo_listen;
         config.cluster_name = self.cluster_name.clone().filter(|name| !name.is_empty());
         config.retention = self.retention;
         config.skip_migrations = self.skip_migrations;
         config.max_request_bytes = self.max_request_bytes;
+        config.max_operations_per_service = self.max_operations_per_service;
         config.shutdown_grace = self.shutdown_grace;
         config.partition_days_ahead = self.partition_days_ahead;
         config.pipeline = PipelineConfig {

@@ -131,6 +131,7 @@ pub fn config(database: &TestDatabase) -> AppConfig {
     config.otlp_http_listen = loopback;
     config.query_listen = loopback;
     config.admin_listen = loopback;
+    config.tempo_listen = loopback;
     config.shutdown_grace = Duration::from_secs(10);
     config
 }
@@ -148,6 +149,10 @@ pub fn http_endpoint(app: &App) -> String {
 
 pub fn grpc_endpoint(app: &App) -> String {
     format!("http://{}", app.otlp_grpc_addr.expect("otlp grpc listener"))
+}
+
+pub fn tempo_url(app: &App, path: &str) -> String {
+    format!("http://{}{path}", app.tempo_addr.expect("tempo listener"))
 }
 
 pub fn query_url(app: &App, path: &str) -> String {

@@ -1,0 +1,179 @@
+//! Which operations (service, span name, kind) the collector has already recorded today, so the
+//! `operations` dictionary is written once per operation and day instead of once per span, and a cap per
+//! service keeps raw-path span names (Linkerd's) from flooding it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, RwLock};
+
+use tracepost_storage::OperationRow;
+
+/// The default cap on distinct operations recorded per service.
+pub const DEFAULT_MAX_OPERATIONS_PER_SERVICE: usize = 1000;
+
+/// Entries remembered as recorded before the memory is cleared (costing a few redundant upserts).
+const KNOWN_CAP: usize = 200_000;
+
+/// Shared by every request of the process.
+#[derive(Debug)]
+pub struct OperationCatalog {
+    /// Hashes of (service, name, kind, day) recorded or being recorded.
+    known: RwLock<HashSet<u64>>,
+    /// Per service hash, the hashes of its (name, kind) pairs admitted so far.
+    per_service: Mutex<HashMap<u64, HashSet<u64>>>,
+    max_per_service: usize,
+}
+
+impl Default for OperationCatalog {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_OPERATIONS_PER_SERVICE)
+    }
+}
+
+impl OperationCatalog {
+    pub fn new(max_per_service: usize) -> Self {
+        Self {
+            known: RwLock::default(),
+            per_service: Mutex::default(),
+            max_per_service,
+        }
+    }
+
+    fn is_known(&self, key: u64) -> bool {
+        self.known
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains(&key)
+    }
+
+    /// Admits a request's candidates: returns the rows to write and the keys to forget if the write fails.
+    fn admit(&self, candidates: Vec<Candidate>) -> (Vec<OperationRow>, Vec<u64>) {
+        if candidates.is_empty() {
+            return (Vec::new(), Vec::new());
+        }
+        let mut known = self.known.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut per_service = self.per_service.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if known.len() + candidates.len() > KNOWN_CAP {
+            known.clear();
+        }
+        let mut rows = Vec::new();
+        let mut keys = Vec::new();
+        for candidate in candidates {
+            let names = per_service.entry(candidate.service_hash).or_default();
+            if !names.contains(&candidate.operation_hash) {
+                if names.len() >= self.max_per_service {
+                    continue;
+                }
+                names.insert(candidate.operation_hash);
+            }
+            if known.insert(candidate.key) {
+                keys.push(candidate.key);
+                rows.push(candidate.row);
+            }
+        }
+        (rows, keys)
+    }
+
+    /// Forgets keys whose write failed, so the client's retry records them.
+    pub fn forget(&self, keys: &[u64]) {
+        if keys.is_empty() {
+            return;
+        }
+        let mut known = self.known.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for key in keys {
+            known.remove(key);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Candidate {
+    key: u64,
+    service_hash: u64,
+    operation_hash: u64,
+    row: OperationRow,
+}
+
+/// Collects one request's operations.
+#[derive(Debug, Default)]
+pub(crate) struct RequestOperations {
+    seen: HashSet<u64>,
+    candidates: Vec<Candidate>,
+}
+
+impl RequestOperations {
+    /// Notes a stored span's operation; allocates only for operations the catalog has not seen today.
+    pub(crate) fn observe(&mut self, catalog: &OperationCatalog, service: &str, name: &str, kind: i16, day: i32) {
+        let service_hash = fnv(FNV_OFFSET, service.as_bytes());
+        let operation_hash = fnv(fnv(FNV_OFFSET, name.as_bytes()), &kind.to_le_bytes());
+        let key = fnv(
+            fnv(service_hash ^ operation_hash.rotate_left(17), &[0xff]),
+            &day.to_le_bytes(),
+        );
+        if !self.seen.insert(key) || catalog.is_known(key) {
+            return;
+        }
+        let row = OperationRow {
+            service: service.to_owned(),
+            name: name.to_owned(),
+            kind,
+            day,
+        };
+        self.candidates.push(Candidate {
+            key,
+            service_hash,
+            operation_hash,
+            row,
+        });
+    }
+
+    /// The rows to write with the request and the keys to forget if that write fails.
+    pub(crate) fn finish(self, catalog: &OperationCatalog) -> (Vec<OperationRow>, Vec<u64>) {
+        catalog.admit(self.candidates)
+    }
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn fnv(mut hash: u64, bytes: &[u8]) -> u64 {
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_operation_is_recorded_once_a_day_and_again_after_a_failed_write() {
+        let catalog = OperationCatalog::new(10);
+        let mut first = RequestOperations::default();
+        first.observe(&catalog, "svc", "GET /", 2, 100);
+        first.observe(&catalog, "svc", "GET /", 2, 100);
+        let (rows, keys) = first.finish(&catalog);
+        assert_eq!(rows.len(), 1);
+        let mut again = RequestOperations::default();
+        again.observe(&catalog, "svc", "GET /", 2, 100);
+        again.observe(&catalog, "svc", "GET /", 2, 101);
+        assert_eq!(again.finish(&catalog).0.len(), 1, "only the new day");
+        catalog.forget(&keys);
+        let mut retry = RequestOperations::default();
+        retry.observe(&catalog, "svc", "GET /", 2, 100);
+        assert_eq!(retry.finish(&catalog).0.len(), 1, "forgotten after the failed write");
+    }
+
+    #[test]
+    fn a_service_gets_at_most_its_cap_of_distinct_operations() {
+        let catalog = OperationCatalog::new(3);
+        let mut request = RequestOperations::default();
+        for path in 0..100 {
+            request.observe(&catalog, "linkerd", &format!("/items/{path}"), 2, 1);
+        }
+        request.observe(&catalog, "other", "/items/1", 2, 1);
+        let (rows, _) = request.finish(&catalog);
+        assert_eq!(rows.iter().filter(|row| row.service == "linkerd").count(), 3);
+        assert_eq!(rows.iter().filter(|row| row.service == "other").count(), 1);
+    }
+}

@@ -1,0 +1,1 @@
+//! The TraceQL subset tracepost's Tempo search understands.
