@@ -817,6 +817,7 @@ mod tests {
     fn config() -> ConvertConfig {
         ConvertConfig {
             cluster_name: Some("fallback".into()),
+            catalog: Default::default(),
         }
     }
 
@@ -836,6 +837,7 @@ mod tests {
                 .map(|row| (row.id, row.day, row.service.clone(), row.cluster.clone(), row.body.clone()))
                 .collect::<Vec<_>>();
             prop_assert_eq!(resources(&fast), resources(&slow));
+            prop_assert_eq!(&fast.encoded.operations, &slow.encoded.operations);
         }
 
         /// Corrupted bodies are errors or agree with prost on what they hold; they never panic.

@@ -306,12 +306,17 @@ async fn maintain(pool: &Pool, config: &AppConfig) -> Result<(), tracepost_stora
 
 /// The collector role's background work: the dependency roll-up every `ROLLUP_INTERVAL`, partition
 /// maintenance every `maintenance_interval`. Both take advisory locks, so one instance does each.
-async fn run_maintenance(pool: Pool, config: AppConfig, mut shutdown: watch::Receiver<bool>) {
+async fn run_maintenance(pool: Pool, config: AppConfig, shutdown: watch::Receiver<bool>) {
+    let mut shutdown = shutdown;
     let mut partitions = tokio::time::interval(config.maintenance_interval);
     let mut rollup = tokio::time::interval(ROLLUP_INTERVAL);
     partitions.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     rollup.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     partitions.tick().await; // the first tick is immediate, and start-up already maintained partitions
+    let stop = async move {
+        let _ = shutdown.wait_for(|stopping| *stopping).await;
+    };
+    tokio::pin!(stop);
     loop {
         tokio::select! {
             _ = partitions.tick() => {
@@ -326,7 +331,7 @@ async fn run_maintenance(pool: Pool, config: AppConfig, mut shutdown: watch::Rec
                     tracing::warn!(%error, "dependency roll-up failed, retrying at the next interval");
                 }
             }
-            _ = shutdown.wait_for(|stopping| *stopping) => return,
+            () = &mut stop => return,
         }
     }
 }
