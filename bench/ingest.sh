@@ -25,6 +25,7 @@ concurrency=${TRACEPOST_BENCH_CONCURRENCY:-16}
 http_port=${TRACEPOST_BENCH_HTTP_PORT:-14318}
 query_port=${TRACEPOST_BENCH_QUERY_PORT:-16687}
 grpc_port=${TRACEPOST_BENCH_GRPC_PORT:-14317}
+tempo_port=${TRACEPOST_BENCH_TEMPO_PORT:-13200}
 
 cargo build --release --locked --bin tracepost >&2
 bin=target/release/tracepost
@@ -63,7 +64,7 @@ SQL
     fresh_database tracepost_bench
     # shellcheck disable=SC2086
     "$bin" serve --database-url "$(database_url tracepost_bench)" --otlp-http-listen "127.0.0.1:$http_port" \
-        --otlp-grpc-listen "127.0.0.1:$grpc_port" --query-listen "127.0.0.1:$query_port" \
+        --otlp-grpc-listen "127.0.0.1:$grpc_port" --query-listen "127.0.0.1:$query_port" --tempo-listen "127.0.0.1:$tempo_port" \
         ${TRACEPOST_BENCH_SERVE_ARGS:-} 2>"$work/serve.log" &
     pid=$!
     for _ in $(seq 1 200); do ready && break; sleep 0.1; done

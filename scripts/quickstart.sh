@@ -13,6 +13,7 @@ smoke=no
 query_port=${TRACEPOST_QUICKSTART_QUERY_PORT:-16686}
 http_port=${TRACEPOST_QUICKSTART_HTTP_PORT:-4318}
 grpc_port=${TRACEPOST_QUICKSTART_GRPC_PORT:-4317}
+tempo_port=${TRACEPOST_QUICKSTART_TEMPO_PORT:-3200}
 
 # GET on loopback without curl (a fresh Debian may not have it): prints "STATUS BODY".
 http_get() {
@@ -43,7 +44,7 @@ echo "==> starting tracepost serve"
 log=$(mktemp -t tracepost-quickstart.XXXXXX.log)
 "$bin" serve --database-url "$database_url" --cluster-name apps \
     --otlp-grpc-listen "127.0.0.1:$grpc_port" --otlp-http-listen "127.0.0.1:$http_port" \
-    --query-listen "127.0.0.1:$query_port" >"$log" 2>&1 &
+    --query-listen "127.0.0.1:$query_port" --tempo-listen "127.0.0.1:$tempo_port" >"$log" 2>&1 &
 pid=$!
 stop() {
     if kill -0 "$pid" 2>/dev/null; then
@@ -84,6 +85,7 @@ tracepost is running (log: $log)
   tracepost's own metrics:      http://127.0.0.1:$query_port/metrics
   send OTLP to:                 grpc 127.0.0.1:$grpc_port, http http://127.0.0.1:$http_port/v1/traces
   Grafana: add a Jaeger data source with URL http://<this host>:$query_port
+           or a Tempo data source with URL http://<this host>:$tempo_port
 MSG
 
 if [[ $smoke == yes ]]; then

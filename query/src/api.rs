@@ -33,7 +33,7 @@ const MILLIS_CUTOFF: i64 = 100_000_000_000_000;
 
 /// The query API: Jaeger's v1 and api_v3 trace-by-ID routes, reading from `reader`.
 pub fn router(reader: TraceReader) -> Router {
-    routes(reader)
+    routes(reader.clone()).merge(crate::search::routes(reader))
 }
 
 /// Where the handlers read traces from: [`TraceReader`] in production, a fake in tests.
@@ -154,6 +154,9 @@ pub(crate) enum QueryError {
     BadRequest(String),
     #[error("trace not found")]
     NotFound,
+    /// api_v3's answer to a search that found nothing.
+    #[error("No traces found")]
+    NoTracesFound,
     /// Storage failed; the cause has been logged and is never sent to the client.
     #[error("internal error")]
     Internal,
@@ -163,7 +166,7 @@ impl QueryError {
     fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::NoTracesFound => StatusCode::NOT_FOUND,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -190,9 +193,10 @@ impl IntoResponse for V1Error {
             errors: Some(vec![V1ErrorEntry {
                 code: status.as_u16(),
                 msg: self.0.to_string(),
+                trace_id: String::new(),
             }]),
         };
-        (status, Json(body)).into_response()
+        error_response(status, &body)
     }
 }
 
@@ -215,7 +219,7 @@ impl IntoResponse for V3Error {
                 message: self.0.to_string(),
             },
         };
-        (status, Json(body)).into_response()
+        error_response(status, &body)
     }
 }
 
@@ -226,11 +230,24 @@ pub(crate) struct V1Envelope<T> {
     total: usize,
     limit: usize,
     offset: usize,
-    errors: Option<Vec<V1ErrorEntry>>,
+    pub(crate) errors: Option<Vec<V1ErrorEntry>>,
+}
+
+impl<T> V1Envelope<Vec<T>> {
+    /// A list whose `total` is its length (services and operations).
+    pub(crate) fn list(data: Vec<T>) -> Self {
+        Self {
+            total: data.len(),
+            data: Some(data),
+            limit: 0,
+            offset: 0,
+            errors: None,
+        }
+    }
 }
 
 impl<T> V1Envelope<T> {
-    fn data(data: T) -> Self {
+    pub(crate) fn data(data: T) -> Self {
         Self {
             data: Some(data),
             total: 0,
@@ -241,10 +258,44 @@ impl<T> V1Envelope<T> {
     }
 }
 
+/// One entry of the v1 `errors` array: `code` left out when 0, `traceID` when empty.
 #[derive(Debug, Serialize)]
-struct V1ErrorEntry {
+pub(crate) struct V1ErrorEntry {
+    #[serde(skip_serializing_if = "is_zero")]
     code: u16,
     msg: String,
+    #[serde(rename = "traceID", skip_serializing_if = "String::is_empty")]
+    trace_id: String,
+}
+
+impl V1ErrorEntry {
+    /// A multi-get entry for a trace that was not found (no code, as Jaeger sends it).
+    pub(crate) fn missing_trace(trace_id: String) -> Self {
+        Self {
+            code: 0,
+            msg: "trace not found".to_owned(),
+            trace_id,
+        }
+    }
+}
+
+fn is_zero(code: &u16) -> bool {
+    *code == 0
+}
+
+/// Jaeger writes errors with Go's `http.Error`: the JSON envelope as `text/plain` with a trailing newline.
+fn error_response(status: StatusCode, body: &impl Serialize) -> Response {
+    let mut text = serde_json::to_string(body).unwrap_or_default();
+    text.push('\n');
+    (
+        status,
+        [
+            (axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (axum::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        text,
+    )
+        .into_response()
 }
 
 #[derive(Serialize)]

@@ -493,6 +493,31 @@ fn write_go_float(number: f64, out: &mut String) {
     }
 }
 
+/// Whether an attribute value equals `expected` when compared as strings, as Jaeger's tag search does (the
+/// value's pdata `AsString` form: ints in decimal, bools as `true`/`false`, bytes in base64, arrays and maps
+/// as JSON).
+pub(crate) fn value_matches(value: Option<&model::Value>, expected: &str) -> bool {
+    match value {
+        Some(model::Value::Str(text)) => text == expected,
+        None => expected.is_empty(),
+        Some(model::Value::Bool(flag)) => expected == if *flag { "true" } else { "false" },
+        Some(model::Value::Int(number)) => expected.parse::<i64>().is_ok_and(|parsed| parsed == *number),
+        Some(model::Value::Double(number)) => {
+            let mut text = String::new();
+            write_go_float(*number, &mut text);
+            text == expected
+        }
+        Some(model::Value::Bytes(bytes)) => {
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes) == expected
+        }
+        Some(composite @ (model::Value::Array(_) | model::Value::Map(_))) => {
+            let mut json = String::new();
+            write_json(Some(composite), &mut json);
+            json == expected
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,8 @@
 mod api;
 pub mod jaeger;
 pub mod otlp_json;
+mod params;
+mod search;
 pub mod tempo;
 pub mod traceql;
 

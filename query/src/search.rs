@@ -1,0 +1,728 @@
+//! Jaeger's lists and searches: services, operations, trace search and multi-get, dependencies (v1), and the
+//! api_v3 services, operations, traces and trace-summaries routes.
+
+use std::collections::{HashMap, HashSet};
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use tracepost_storage::model::{self, SpanKind, StatusCode as SpanStatus, StoredSpan, TraceId};
+use tracepost_storage::{SearchBudget, SpanFilter, StoredTrace, TimeRange, TraceReader};
+
+use crate::api::{QueryError, V1Envelope, V1Error, V1ErrorEntry, V3Error};
+use crate::jaeger::{self, value_matches};
+use crate::otlp_json::{self, OtlpJson};
+use crate::params::{parse_bool, parse_go_duration, parse_int, parse_rfc3339, Params};
+
+/// Jaeger's default search window when `start` is absent: 48 hours before `end`.
+const DEFAULT_LOOKBACK_NS: i64 = 48 * 3600 * 1_000_000_000;
+/// Jaeger's default `limit` (traces).
+const DEFAULT_LIMIT: i64 = 100;
+/// `/api/dependencies` default lookback: 24 hours, in ms.
+const DEFAULT_DEPENDENCIES_LOOKBACK_MS: i64 = 24 * 3600 * 1000;
+/// api_v3's default `query.searchDepth`.
+const DEFAULT_SEARCH_DEPTH: i64 = 100;
+
+/// The list and search routes, reading from `reader`.
+pub(crate) fn routes(reader: TraceReader) -> Router {
+    Router::new()
+        .route("/api/services", get(services_v1))
+        .route("/api/services/{service}/operations", get(service_operations_v1))
+        .route("/api/operations", get(operations_v1))
+        .route("/api/traces", get(search_v1))
+        .route("/api/dependencies", get(dependencies_v1))
+        .route("/api/v3/services", get(services_v3))
+        .route("/api/v3/operations", get(operations_v3))
+        .route("/api/v3/traces", get(search_v3))
+        .route("/api/v3/trace-summaries", get(summaries_v3))
+        .with_state(reader)
+}
+
+fn params(query: Result<Query<Vec<(String, String)>>, QueryRejection>) -> Result<Params, QueryError> {
+    let Query(pairs) = query.map_err(|rejection| QueryError::BadRequest(rejection.body_text()))?;
+    Ok(Params::new(pairs))
+}
+
+fn storage_failed(what: &str, error: impl std::fmt::Display) -> QueryError {
+    tracing::error!(%error, "{what} failed");
+    QueryError::Internal
+}
+
+// === v1 lists ===
+
+async fn services_v1(State(reader): State<TraceReader>) -> Result<Json<V1Envelope<Vec<String>>>, V1Error> {
+    let services = reader
+        .services()
+        .await
+        .map_err(|error| storage_failed("listing services", error))?;
+    Ok(Json(V1Envelope::list(services)))
+}
+
+async fn service_operations_v1(
+    State(reader): State<TraceReader>,
+    Path(service): Path<String>,
+) -> Result<Json<V1Envelope<Vec<String>>>, V1Error> {
+    let operations = reader
+        .operations(&service, None)
+        .await
+        .map_err(|error| storage_failed("listing operations", error))?;
+    let mut names: Vec<String> = operations.into_iter().map(|(name, _)| name).collect();
+    names.dedup();
+    Ok(Json(V1Envelope::list(names)))
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Operation {
+    name: String,
+    span_kind: &'static str,
+}
+
+/// The `spanKind` parameter: a kind name, or empty for every kind. An unknown name matches nothing, as in
+/// Jaeger.
+fn parse_span_kind(text: Option<&str>) -> Result<Option<SpanKind>, ()> {
+    match text {
+        None => Ok(None),
+        Some("server") => Ok(Some(SpanKind::Server)),
+        Some("client") => Ok(Some(SpanKind::Client)),
+        Some("producer") => Ok(Some(SpanKind::Producer)),
+        Some("consumer") => Ok(Some(SpanKind::Consumer)),
+        Some("internal") => Ok(Some(SpanKind::Internal)),
+        Some(_) => Err(()),
+    }
+}
+
+async fn list_operations(
+    reader: &TraceReader,
+    service: &str,
+    kind: Option<&str>,
+    unspecified_as: &'static str,
+) -> Result<Vec<Operation>, QueryError> {
+    let Ok(kind) = parse_span_kind(kind) else {
+        return Ok(Vec::new());
+    };
+    let operations = reader
+        .operations(service, kind)
+        .await
+        .map_err(|error| storage_failed("listing operations", error))?;
+    Ok(operations
+        .into_iter()
+        .map(|(name, kind)| Operation {
+            name,
+            span_kind: kind.jaeger_name().unwrap_or(unspecified_as),
+        })
+        .collect())
+}
+
+async fn operations_v1(
+    State(reader): State<TraceReader>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<V1Envelope<Vec<Operation>>>, V1Error> {
+    let params = params(query)?;
+    let service = params
+        .get("service")
+        .ok_or_else(|| QueryError::BadRequest("parameter 'service' is required".into()))?;
+    let operations = list_operations(&reader, service, params.get("spanKind"), "").await?;
+    Ok(Json(V1Envelope::list(operations)))
+}
+
+// === v1 search ===
+
+/// A parsed search: what SQL narrows candidates by, and what every matching span must also satisfy.
+#[derive(Debug)]
+struct Search {
+    filter: SpanFilter,
+    tags: Vec<(String, String)>,
+    limit: usize,
+}
+
+async fn search_v1(
+    State(reader): State<TraceReader>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, V1Error> {
+    let params = params(query)?;
+    let trace_ids: Vec<&str> = params.all("traceID").collect();
+    if !trace_ids.is_empty() {
+        return multi_get(&reader, &params, &trace_ids).await;
+    }
+    let search = parse_v1_search(&params, tracepost_storage::time::now_unix_nanos())?;
+    let traces = find(&reader, &search).await?;
+    let data: Vec<jaeger::Trace> = traces.iter().map(jaeger::to_jaeger_trace).collect();
+    Ok(Json(V1Envelope::data(data)).into_response())
+}
+
+fn parse_v1_search(params: &Params, now_ns: i64) -> Result<Search, QueryError> {
+    let bad = |name: &str, error: String| QueryError::BadRequest(format!("unable to parse param '{name}': {error}"));
+    let micros = |name: &str| -> Result<Option<i64>, QueryError> {
+        params
+            .get(name)
+            .map(|text| parse_int(text).map_err(|error| bad(name, error)))
+            .transpose()
+    };
+    let end_ns = micros("end")?.map_or(now_ns, |micros| micros.saturating_mul(1000));
+    let start_ns = micros("start")?.map_or(end_ns - DEFAULT_LOOKBACK_NS, |micros| micros.saturating_mul(1000));
+    let mut tags = Vec::new();
+    for tag in params.all("tag") {
+        let (key, value) = tag.split_once(':').ok_or_else(|| {
+            QueryError::BadRequest(format!(
+                "malformed 'tag' parameter, expecting key:value, received: {tag}"
+            ))
+        })?;
+        tags.push((key.to_owned(), value.to_owned()));
+    }
+    for text in params.all("tags") {
+        tags.extend(parse_tags(text)?);
+    }
+    let limit = match params.get("limit") {
+        Some(text) => parse_int(text).map_err(|error| bad("limit", error))?,
+        None => DEFAULT_LIMIT,
+    };
+    let duration = |name: &str| -> Result<Option<i64>, QueryError> {
+        params
+            .get(name)
+            .map(|text| parse_go_duration(text).map_err(|error| bad(name, error)))
+            .transpose()
+    };
+    let min_duration = duration("minDuration")?;
+    let max_duration = duration("maxDuration")?;
+    if let Some(raw) = params.get("raw") {
+        parse_bool(raw).map_err(|error| bad("raw", error))?;
+    }
+    let service = params
+        .get("service")
+        .ok_or_else(|| QueryError::BadRequest("parameter 'service' is required".into()))?;
+    if limit <= 0 {
+        return Err(QueryError::BadRequest(
+            "invalid parameter: limit must be greater than 0".into(),
+        ));
+    }
+    if start_ns > end_ns {
+        return Err(QueryError::BadRequest(
+            "invalid parameter: start time must be before end time".into(),
+        ));
+    }
+    if let (Some(min), Some(max)) = (min_duration, max_duration) {
+        if min != 0 && max != 0 && max < min {
+            return Err(QueryError::BadRequest(
+                "'maxDuration' should be greater than 'minDuration'".into(),
+            ));
+        }
+    }
+    Ok(Search {
+        filter: SpanFilter {
+            services: Some(vec![service.to_owned()]),
+            operation: params.get("operation").map(str::to_owned),
+            min_duration_ns: min_duration.filter(|nanos| *nanos > 0),
+            max_duration_ns: max_duration.filter(|nanos| *nanos > 0),
+            start_min_ns: start_ns,
+            start_max_ns: end_ns,
+        },
+        tags,
+        limit: usize::try_from(limit).unwrap_or(usize::MAX),
+    })
+}
+
+/// `tags`: a JSON object of strings, or logfmt (`k=v k2="a b"`).
+fn parse_tags(text: &str) -> Result<Vec<(String, String)>, QueryError> {
+    if text.starts_with('{') {
+        let object: HashMap<String, String> = serde_json::from_str(text).map_err(|error| {
+            QueryError::BadRequest(format!("malformed 'tags' parameter, cannot unmarshal JSON: {error}"))
+        })?;
+        let mut tags: Vec<(String, String)> = object.into_iter().collect();
+        tags.sort();
+        return Ok(tags);
+    }
+    parse_logfmt(text).ok_or_else(|| {
+        QueryError::BadRequest(format!(
+            "malformed 'tags' parameter, expecting a JSON object or logfmt: {text}"
+        ))
+    })
+}
+
+fn parse_logfmt(text: &str) -> Option<Vec<(String, String)>> {
+    let mut pairs = Vec::new();
+    let mut rest = text.trim_start();
+    while !rest.is_empty() {
+        let key_end = rest.find('=')?;
+        let key = rest[..key_end].trim();
+        if key.is_empty() || key.contains(char::is_whitespace) {
+            return None;
+        }
+        rest = &rest[key_end + 1..];
+        let value;
+        if let Some(quoted) = rest.strip_prefix('"') {
+            let mut out = String::new();
+            let mut chars = quoted.char_indices();
+            let mut end = None;
+            while let Some((index, c)) = chars.next() {
+                match c {
+                    '\\' => out.push(chars.next()?.1),
+                    '"' => {
+                        end = Some(index + 1);
+                        break;
+                    }
+                    other => out.push(other),
+                }
+            }
+            rest = &quoted[end?..];
+            value = out;
+        } else {
+            let value_end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+            value = rest[..value_end].to_owned();
+            rest = &rest[value_end..];
+        }
+        pairs.push((key.to_owned(), value));
+        rest = rest.trim_start();
+    }
+    Some(pairs)
+}
+
+async fn find(reader: &TraceReader, search: &Search) -> Result<Vec<StoredTrace>, QueryError> {
+    let filter = &search.filter;
+    let tags = &search.tags;
+    reader
+        .find_traces(filter, search.limit, SearchBudget::default(), |trace| {
+            trace.spans.iter().any(|span| span_matches(trace, span, filter, tags))
+        })
+        .await
+        .map_err(|error| storage_failed("searching traces", error))
+}
+
+/// The one-span rule: a trace matches when one of its spans satisfies every filter.
+fn span_matches(trace: &StoredTrace, stored: &StoredSpan, filter: &SpanFilter, tags: &[(String, String)]) -> bool {
+    let span = &stored.span;
+    let start = i64::try_from(span.start_time_unix_nano).unwrap_or(i64::MAX);
+    let duration = i64::try_from(span.duration_nanos()).unwrap_or(i64::MAX);
+    filter
+        .services
+        .as_ref()
+        .is_none_or(|services| services.contains(&stored.service_name))
+        && filter
+            .operation
+            .as_ref()
+            .is_none_or(|operation| span.original_name() == operation || &span.name == operation)
+        && (filter.start_min_ns..=filter.start_max_ns).contains(&start)
+        && filter.min_duration_ns.is_none_or(|min| duration >= min)
+        && filter.max_duration_ns.is_none_or(|max| duration <= max)
+        && tags.iter().all(|(key, value)| tag_matches(trace, stored, key, value))
+}
+
+/// Whether a span has the tag `key=value`: among its attributes, its scope's, its resource's, its events' and
+/// its links', compared as strings; plus the tags Jaeger derives from OTLP fields (`error`, `span.kind`,
+/// `otel.status_code`, `otel.status_description`, `otel.scope.name`, `otel.scope.version`, `w3c.tracestate`).
+pub(crate) fn tag_matches(trace: &StoredTrace, stored: &StoredSpan, key: &str, value: &str) -> bool {
+    let span = &stored.span;
+    let detail = &span.detail;
+    let derived = match key {
+        "error" => Some((span.status_code == SpanStatus::Error).to_string() == value),
+        "span.kind" => Some(span.kind.jaeger_name().unwrap_or("") == value),
+        "otel.status_code" => Some(match span.status_code {
+            SpanStatus::Error => value == "ERROR",
+            SpanStatus::Ok => value == "OK",
+            SpanStatus::Unset => false,
+        }),
+        "otel.status_description" => Some(!detail.status_message.is_empty() && detail.status_message == value),
+        "otel.scope.name" => Some(detail.scope.as_ref().is_some_and(|scope| scope.name == value)),
+        "otel.scope.version" => Some(detail.scope.as_ref().is_some_and(|scope| scope.version == value)),
+        "w3c.tracestate" => Some(!detail.trace_state.is_empty() && detail.trace_state == value),
+        _ => None,
+    };
+    if derived == Some(true) {
+        return true;
+    }
+    let found_in = |attributes: &[model::KeyValue]| {
+        attributes
+            .iter()
+            .any(|attribute| attribute.key == key && value_matches(attribute.value(), value))
+    };
+    found_in(&detail.attributes)
+        || detail.scope.as_ref().is_some_and(|scope| found_in(&scope.attributes))
+        || trace
+            .resource_of(stored)
+            .is_some_and(|resource| found_in(&resource.resource.attributes))
+        || detail.events.iter().any(|event| found_in(&event.attributes))
+        || detail.links.iter().any(|link| found_in(&link.attributes))
+}
+
+async fn multi_get(reader: &TraceReader, params: &Params, texts: &[&str]) -> Result<Response, V1Error> {
+    let mut ids = Vec::with_capacity(texts.len());
+    for text in texts {
+        let id = TraceId::parse_hex(text).ok_or_else(|| {
+            QueryError::BadRequest(format!(
+                "cannot parse traceID param: strconv.ParseUint: parsing {text:?}: invalid syntax"
+            ))
+        })?;
+        ids.push(id);
+    }
+    let bad = |name: &str, error: String| QueryError::BadRequest(format!("unable to parse param '{name}': {error}"));
+    let micros = |name: &str| -> Result<Option<i64>, QueryError> {
+        params
+            .get(name)
+            .map(|text| parse_int(text).map_err(|error| bad(name, error)))
+            .transpose()
+    };
+    let range = TimeRange {
+        start: micros("start")?.map(|micros| micros.saturating_mul(1000) - 600_000_000_000),
+        end: micros("end")?.map(|micros| micros.saturating_mul(1000) + 600_000_000_000),
+    };
+    let traces = reader
+        .get_traces(&ids, range)
+        .await
+        .map_err(|error| storage_failed("reading traces", error))?;
+    let found: HashSet<TraceId> = traces.iter().map(|trace| trace.trace_id).collect();
+    let errors: Vec<V1ErrorEntry> = ids
+        .iter()
+        .filter(|id| !found.contains(id))
+        .map(|id| V1ErrorEntry::missing_trace(jaeger::jaeger_trace_id(id)))
+        .collect();
+    let data: Vec<jaeger::Trace> = traces.iter().map(jaeger::to_jaeger_trace).collect();
+    let mut envelope = V1Envelope::data(data);
+    if !errors.is_empty() {
+        envelope.errors = Some(errors);
+    }
+    Ok(Json(envelope).into_response())
+}
+
+// === v1 dependencies ===
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Dependency {
+    parent: String,
+    child: String,
+    call_count: i64,
+}
+
+async fn dependencies_v1(
+    State(reader): State<TraceReader>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<V1Envelope<Vec<Dependency>>>, V1Error> {
+    let params = params(query)?;
+    let millis = |name: &str| -> Result<Option<i64>, QueryError> {
+        params
+            .get(name)
+            .map(|text| {
+                parse_int(text)
+                    .map_err(|error| QueryError::BadRequest(format!("unable to parse param '{name}': {error}")))
+            })
+            .transpose()
+    };
+    let end_ms = millis("endTs")?.unwrap_or_else(|| tracepost_storage::time::now_unix_nanos() / 1_000_000);
+    let lookback_ms = millis("lookback")?.unwrap_or(DEFAULT_DEPENDENCIES_LOOKBACK_MS);
+    let links = reader
+        .dependencies(end_ms.saturating_mul(1_000_000), lookback_ms.saturating_mul(1_000_000))
+        .await
+        .map_err(|error| storage_failed("computing dependencies", error))?;
+    let service = params.get("service");
+    let data = links
+        .into_iter()
+        .filter(|link| service.is_none_or(|service| link.parent == service || link.child == service))
+        .map(|link| Dependency {
+            parent: link.parent,
+            child: link.child,
+            call_count: link.call_count,
+        })
+        .collect();
+    Ok(Json(V1Envelope::data(data)))
+}
+
+// === api_v3 ===
+
+#[derive(Serialize)]
+struct ServicesV3 {
+    services: Vec<String>,
+}
+
+async fn services_v3(State(reader): State<TraceReader>) -> Result<Json<ServicesV3>, V3Error> {
+    let services = reader
+        .services()
+        .await
+        .map_err(|error| storage_failed("listing services", error))?;
+    Ok(Json(ServicesV3 { services }))
+}
+
+#[derive(Serialize)]
+struct OperationsV3 {
+    operations: Vec<Operation>,
+}
+
+async fn operations_v3(
+    State(reader): State<TraceReader>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<OperationsV3>, V3Error> {
+    let params = params(query)?;
+    let service = params.get("service").unwrap_or_default();
+    let kind = params.get_any(&["spanKind", "span_kind"]).map(|(kind, _)| kind);
+    // The Jaeger UI's schema needs a spanKind string on every operation: unspecified is reported as internal.
+    let operations = list_operations(&reader, service, kind, "internal").await?;
+    Ok(Json(OperationsV3 { operations }))
+}
+
+fn parse_v3_search(params: &Params) -> Result<Search, QueryError> {
+    let malformed = |name: &str, error: String| QueryError::BadRequest(format!("malformed parameter {name}: {error}"));
+    let time = |names: &[&str]| -> Result<Option<i64>, QueryError> {
+        params
+            .get_any(names)
+            .map(|(text, name)| parse_rfc3339(text).map_err(|error| malformed(&name, error)))
+            .transpose()
+    };
+    let start_min = time(&["query.startTimeMin", "query.start_time_min"])?;
+    let start_max = time(&["query.startTimeMax", "query.start_time_max"])?;
+    let (Some(start_min), Some(start_max)) = (start_min, start_max) else {
+        return Err(QueryError::BadRequest(
+            "query.startTimeMin and query.startTimeMax are required".into(),
+        ));
+    };
+    if start_min >= start_max {
+        return Err(QueryError::BadRequest(
+            "query.startTimeMin must be before query.startTimeMax".into(),
+        ));
+    }
+    let duration = |names: &[&str]| -> Result<Option<i64>, QueryError> {
+        params
+            .get_any(names)
+            .map(|(text, name)| parse_go_duration(text).map_err(|error| malformed(&name, error)))
+            .transpose()
+    };
+    let min_duration = duration(&["query.durationMin", "query.duration_min"])?;
+    let max_duration = duration(&["query.durationMax", "query.duration_max"])?;
+    let depth = match params.get_any(&["query.searchDepth", "query.search_depth", "query.num_traces"]) {
+        Some((text, name)) => parse_int(text).map_err(|error| malformed(&name, error))?,
+        None => DEFAULT_SEARCH_DEPTH,
+    };
+    if depth <= 0 {
+        return Err(QueryError::BadRequest(
+            "malformed parameter query.searchDepth: must be greater than 0".into(),
+        ));
+    }
+    let tags = match params.get("query.attributes") {
+        Some(text) => {
+            let object: HashMap<String, String> =
+                serde_json::from_str(text).map_err(|error| malformed("query.attributes", error.to_string()))?;
+            let mut tags: Vec<(String, String)> = object.into_iter().collect();
+            tags.sort();
+            tags
+        }
+        None => Vec::new(),
+    };
+    Ok(Search {
+        filter: SpanFilter {
+            services: params
+                .get_any(&["query.serviceName", "query.service_name"])
+                .map(|(name, _)| vec![name.to_owned()]),
+            operation: params
+                .get_any(&["query.operationName", "query.operation_name"])
+                .map(|(name, _)| name.to_owned()),
+            min_duration_ns: min_duration.filter(|nanos| *nanos > 0),
+            max_duration_ns: max_duration.filter(|nanos| *nanos > 0),
+            start_min_ns: start_min,
+            start_max_ns: start_max,
+        },
+        tags,
+        limit: usize::try_from(depth).unwrap_or(usize::MAX),
+    })
+}
+
+async fn search_v3(
+    State(reader): State<TraceReader>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, V3Error> {
+    let params = params(query)?;
+    let search = parse_v3_search(&params)?;
+    let traces = find(&reader, &search).await?;
+    if traces.is_empty() {
+        return Err(QueryError::NoTracesFound.into());
+    }
+    let mut data = otlp_json::to_traces_data(&traces[0]);
+    for trace in &traces[1..] {
+        data.resource_spans
+            .extend(otlp_json::to_traces_data(trace).resource_spans);
+    }
+    Ok(Json(serde_json::json!({ "result": OtlpJson(&data) })).into_response())
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TraceSummary {
+    trace_id: String,
+    root_service_name: String,
+    root_operation_name: String,
+    min_start_time_unix_nano: String,
+    max_end_time_unix_nano: String,
+    span_count: usize,
+    error_span_count: usize,
+    orphan_span_count: usize,
+    services: Vec<ServiceSummary>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ServiceSummary {
+    name: String,
+    span_count: usize,
+    error_span_count: usize,
+}
+
+fn summarize(trace: &StoredTrace) -> TraceSummary {
+    let ids: HashSet<model::SpanId> = trace.spans.iter().map(|span| span.span.span_id).collect();
+    let root = trace.root();
+    let mut services: Vec<ServiceSummary> = Vec::new();
+    let mut errors = 0;
+    for stored in &trace.spans {
+        let error = stored.span.status_code == SpanStatus::Error;
+        errors += usize::from(error);
+        match services.iter_mut().find(|service| service.name == stored.service_name) {
+            Some(service) => {
+                service.span_count += 1;
+                service.error_span_count += usize::from(error);
+            }
+            None => services.push(ServiceSummary {
+                name: stored.service_name.clone(),
+                span_count: 1,
+                error_span_count: usize::from(error),
+            }),
+        }
+    }
+    TraceSummary {
+        trace_id: trace.trace_id.to_hex(),
+        root_service_name: root.map(|span| span.service_name.clone()).unwrap_or_default(),
+        root_operation_name: root
+            .map(|span| span.span.original_name().to_owned())
+            .unwrap_or_default(),
+        min_start_time_unix_nano: trace.start_time_unix_nano().to_string(),
+        max_end_time_unix_nano: trace.end_time_unix_nano().to_string(),
+        span_count: trace.spans.len(),
+        error_span_count: errors,
+        orphan_span_count: trace
+            .spans
+            .iter()
+            .filter(|span| span.span.parent_span_id.is_some_and(|parent| !ids.contains(&parent)))
+            .count(),
+        services,
+    }
+}
+
+#[derive(Serialize)]
+struct SummariesV3 {
+    summaries: Vec<TraceSummary>,
+}
+
+/// Unlike `/api/v3/traces`, an empty result is 200 with no summaries: the Jaeger UI treats any other status
+/// as an error.
+async fn summaries_v3(
+    State(reader): State<TraceReader>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<SummariesV3>, V3Error> {
+    let params = params(query)?;
+    let search = parse_v3_search(&params)?;
+    let traces = find(&reader, &search).await?;
+    Ok(Json(SummariesV3 {
+        summaries: traces.iter().map(summarize).collect(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> Params {
+        Params::new(
+            pairs
+                .iter()
+                .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+                .collect(),
+        )
+    }
+
+    fn message(error: QueryError) -> String {
+        error.to_string()
+    }
+
+    #[test]
+    fn v1_search_parameters_parse_as_jaeger_parses_them() {
+        let search = parse_v1_search(
+            &params(&[
+                ("service", "frontend"),
+                ("operation", "GET /cart"),
+                ("start", "1754038800000000"),
+                ("end", "1754042400000000"),
+                ("minDuration", "100ms"),
+                ("maxDuration", ""),
+                ("limit", "20"),
+                ("lookback", "custom"),
+                ("tags", r#"{"http.response.status_code":"503","error":"true"}"#),
+            ]),
+            0,
+        )
+        .expect("valid search");
+        assert_eq!(search.filter.services, Some(vec!["frontend".to_owned()]));
+        assert_eq!(search.filter.operation.as_deref(), Some("GET /cart"));
+        assert_eq!(search.filter.start_min_ns, 1_754_038_800_000_000_000);
+        assert_eq!(search.filter.min_duration_ns, Some(100_000_000));
+        assert_eq!(search.filter.max_duration_ns, None);
+        assert_eq!(search.limit, 20);
+        assert_eq!(
+            search.tags,
+            vec![
+                ("error".into(), "true".into()),
+                ("http.response.status_code".into(), "503".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn v1_search_errors_name_the_parameter() {
+        let error = |pairs: &[(&str, &str)]| message(parse_v1_search(&params(pairs), 0).expect_err("invalid"));
+        assert_eq!(error(&[]), "parameter 'service' is required");
+        assert_eq!(
+            error(&[("service", "a"), ("start", "yesterday")]),
+            "unable to parse param 'start': strconv.ParseInt: parsing \"yesterday\": invalid syntax"
+        );
+        assert_eq!(
+            error(&[("service", "a"), ("minDuration", "fast")]),
+            "unable to parse param 'minDuration': time: invalid duration \"fast\""
+        );
+        assert_eq!(
+            error(&[("service", "a"), ("minDuration", "2s"), ("maxDuration", "1s")]),
+            "'maxDuration' should be greater than 'minDuration'"
+        );
+        assert!(error(&[("service", "a"), ("tags", "{nope")])
+            .starts_with("malformed 'tags' parameter, cannot unmarshal JSON"));
+        assert_eq!(
+            error(&[("service", "a"), ("limit", "0")]),
+            "invalid parameter: limit must be greater than 0"
+        );
+    }
+
+    #[test]
+    fn logfmt_tags_are_accepted() {
+        assert_eq!(
+            parse_tags(r#"error=true http.route="/a b""#).expect("logfmt"),
+            vec![("error".into(), "true".into()), ("http.route".into(), "/a b".into())]
+        );
+        assert!(parse_tags("no equals sign").is_err());
+    }
+
+    #[test]
+    fn v3_search_requires_both_times() {
+        let error = parse_v3_search(&params(&[("query.serviceName", "a")])).expect_err("missing times");
+        assert_eq!(message(error), "query.startTimeMin and query.startTimeMax are required");
+        let search = parse_v3_search(&params(&[
+            ("query.serviceName", "frontend"),
+            ("query.startTimeMin", "2025-08-01T09:00:00.000Z"),
+            ("query.startTimeMax", "2025-08-01T10:00:00.000Z"),
+            ("query.searchDepth", "20"),
+            ("query.attributes", r#"{"error":"true"}"#),
+        ]))
+        .expect("valid");
+        assert_eq!(search.limit, 20);
+        assert_eq!(
+            search.filter.start_max_ns - search.filter.start_min_ns,
+            3_600_000_000_000
+        );
+        assert_eq!(search.tags, vec![("error".into(), "true".into())]);
+    }
+}
