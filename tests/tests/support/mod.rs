@@ -309,3 +309,71 @@ pub fn linkerd_fixture(generation: &str) -> String {
     );
     std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("{path}: {error}"))
 }
+
+/// A trace crossing two services, made by the real SDK: `frontend`'s server span calls out with a client
+/// span, which is the parent of `cart`'s server span (an error), as context propagation would link them.
+pub struct TwoServiceTrace {
+    pub frontend: SdkTrace,
+    pub cart: SdkTrace,
+}
+
+impl TwoServiceTrace {
+    pub fn trace_id(&self) -> String {
+        self.frontend.trace_id()
+    }
+}
+
+fn provider_for(service: &str, cluster: &str) -> (SdkTracerProvider, InMemorySpanExporter, Resource) {
+    let memory = InMemorySpanExporter::default();
+    let resource = Resource::builder_empty()
+        .with_service_name(service.to_owned())
+        .with_attribute(KeyValue::new("k8s.cluster.name", cluster.to_owned()))
+        .build();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(memory.clone())
+        .with_resource(resource.clone())
+        .build();
+    (provider, memory, resource)
+}
+
+pub fn two_service_trace() -> TwoServiceTrace {
+    let (frontend_provider, frontend_memory, frontend_resource) = provider_for("frontend", "apps");
+    let (cart_provider, cart_memory, cart_resource) = provider_for("cart", "infra");
+    let frontend = frontend_provider.tracer("frontend");
+    let cart = cart_provider.tracer("cart");
+    let root = frontend
+        .span_builder("GET /cart")
+        .with_kind(SpanKind::Server)
+        .with_attributes(vec![KeyValue::new("http.response.status_code", "503")])
+        .start(&frontend);
+    let root_context = Context::current_with_span(root);
+    let call = frontend
+        .span_builder("GET cart")
+        .with_kind(SpanKind::Client)
+        .start_with_context(&frontend, &root_context);
+    let call_context = root_context.with_span(call);
+    let mut served = cart
+        .span_builder("GET /items")
+        .with_kind(SpanKind::Server)
+        .with_attributes(vec![KeyValue::new("http.response.status_code", 503_i64)])
+        .start_with_context(&cart, &call_context);
+    served.set_status(Status::error("out of stock"));
+    served.end();
+    call_context.span().end();
+    root_context.span().end();
+    TwoServiceTrace {
+        frontend: SdkTrace {
+            spans: frontend_memory.get_finished_spans().expect("spans"),
+            resource: frontend_resource,
+        },
+        cart: SdkTrace {
+            spans: cart_memory.get_finished_spans().expect("spans"),
+            resource: cart_resource,
+        },
+    }
+}
+
+/// Microseconds since the Unix epoch, now.
+pub fn now_micros() -> i64 {
+    tracepost_storage::time::now_unix_nanos() / 1000
+}
