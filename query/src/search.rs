@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
-use tracepost_storage::model::{self, SpanKind, StatusCode as SpanStatus, StoredSpan, TraceId};
+use tracepost_storage::model::{self, SpanKind, StatusCode as SpanStatus, StoredResource, StoredSpan, TraceId};
 use tracepost_storage::{SearchBudget, SpanFilter, StoredTrace, TimeRange, TraceReader};
 
 use crate::api::{QueryError, V1Envelope, V1Error, V1ErrorEntry, V3Error};
@@ -284,15 +284,24 @@ async fn find(reader: &TraceReader, search: &Search) -> Result<Vec<StoredTrace>,
     let filter = &search.filter;
     let tags = &search.tags;
     reader
-        .find_traces(filter, search.limit, SearchBudget::default(), |trace| {
-            trace.spans.iter().any(|span| span_matches(trace, span, filter, tags))
-        })
+        .find_traces_by_span(
+            filter,
+            search.limit,
+            SearchBudget::default(),
+            |span, resource| span_matches(span, resource, filter, tags),
+            |_| true,
+        )
         .await
         .map_err(|error| storage_failed("searching traces", error))
 }
 
 /// The one-span rule: a trace matches when one of its spans satisfies every filter.
-fn span_matches(trace: &StoredTrace, stored: &StoredSpan, filter: &SpanFilter, tags: &[(String, String)]) -> bool {
+fn span_matches(
+    stored: &StoredSpan,
+    resource: Option<&StoredResource>,
+    filter: &SpanFilter,
+    tags: &[(String, String)],
+) -> bool {
     let span = &stored.span;
     let start = i64::try_from(span.start_time_unix_nano).unwrap_or(i64::MAX);
     let duration = i64::try_from(span.duration_nanos()).unwrap_or(i64::MAX);
@@ -307,13 +316,15 @@ fn span_matches(trace: &StoredTrace, stored: &StoredSpan, filter: &SpanFilter, t
         && (filter.start_min_ns..=filter.start_max_ns).contains(&start)
         && filter.min_duration_ns.is_none_or(|min| duration >= min)
         && filter.max_duration_ns.is_none_or(|max| duration <= max)
-        && tags.iter().all(|(key, value)| tag_matches(trace, stored, key, value))
+        && tags
+            .iter()
+            .all(|(key, value)| tag_matches(stored, resource, key, value))
 }
 
 /// Whether a span has the tag `key=value`: among its attributes, its scope's, its resource's, its events' and
 /// its links', compared as strings; plus the tags Jaeger derives from OTLP fields (`error`, `span.kind`,
 /// `otel.status_code`, `otel.status_description`, `otel.scope.name`, `otel.scope.version`, `w3c.tracestate`).
-pub(crate) fn tag_matches(trace: &StoredTrace, stored: &StoredSpan, key: &str, value: &str) -> bool {
+pub(crate) fn tag_matches(stored: &StoredSpan, resource: Option<&StoredResource>, key: &str, value: &str) -> bool {
     let span = &stored.span;
     let detail = &span.detail;
     let derived = match key {
@@ -340,9 +351,7 @@ pub(crate) fn tag_matches(trace: &StoredTrace, stored: &StoredSpan, key: &str, v
     };
     found_in(&detail.attributes)
         || detail.scope.as_ref().is_some_and(|scope| found_in(&scope.attributes))
-        || trace
-            .resource_of(stored)
-            .is_some_and(|resource| found_in(&resource.resource.attributes))
+        || resource.is_some_and(|resource| found_in(&resource.resource.attributes))
         || detail.events.iter().any(|event| found_in(&event.attributes))
         || detail.links.iter().any(|link| found_in(&link.attributes))
 }

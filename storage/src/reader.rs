@@ -226,14 +226,31 @@ impl TraceReader {
     }
 
     /// Newest-first search: traces with at least one span selected by `filter` for which `matches` holds,
-    /// at most `limit` of them, within `budget`. Candidates come newest first from the
-    /// `(service, start_ns DESC)` index, a page at a time, one index walk per service.
+    /// at most `limit` of them, within `budget`. See [`TraceReader::find_traces_by_span`].
     pub async fn find_traces(
         &self,
         filter: &SpanFilter,
         limit: usize,
         budget: SearchBudget,
         matches: impl Fn(&StoredTrace) -> bool,
+    ) -> Result<Vec<StoredTrace>, StorageError> {
+        self.find_traces_by_span(filter, limit, budget, |_, _| true, matches)
+            .await
+    }
+
+    /// Newest-first search: traces with a span selected by `filter` for which `span_matches` holds (given the
+    /// span's resource), and for which `trace_matches` holds as a whole; at most `limit`, within `budget`.
+    ///
+    /// Candidate spans come newest first from the `(service, start_ns DESC)` index, a page at a time, one
+    /// index walk per service; `span_matches` runs on the candidates themselves, so only traces with a
+    /// matching span are fetched whole.
+    pub async fn find_traces_by_span(
+        &self,
+        filter: &SpanFilter,
+        limit: usize,
+        budget: SearchBudget,
+        span_matches: impl Fn(&StoredSpan, Option<&StoredResource>) -> bool,
+        trace_matches: impl Fn(&StoredTrace) -> bool,
     ) -> Result<Vec<StoredTrace>, StorageError> {
         let started = Instant::now();
         let services = match &filter.services {
@@ -243,24 +260,23 @@ impl TraceReader {
         if services.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
-        let client = self.pool.get().await?;
-        let statement = client
-            .prepare_cached(
-                "SELECT c.trace_id, c.start_ns FROM unnest($1::text[]) AS s(service) CROSS JOIN LATERAL (
-                    SELECT trace_id, start_ns FROM spans
-                    WHERE spans.service = s.service AND start_ns >= $2 AND start_ns <= $3
-                      AND ($4::text IS NULL OR name = $4)
-                      AND duration_ns >= $5 AND duration_ns <= $6
-                    ORDER BY start_ns DESC LIMIT $7) c
-                 ORDER BY c.start_ns DESC LIMIT $7",
-            )
-            .await?;
-        drop(client);
         let mut found = Vec::new();
         let mut examined = HashSet::new();
+        let mut resources: HashMap<i64, StoredResource> = HashMap::new();
         let mut upper = filter.start_max_ns;
         for _ in 0..budget.max_pages {
             let client = self.pool.get().await?;
+            let statement = client
+                .prepare_cached(&format!(
+                    "SELECT c.* FROM unnest($1::text[]) AS s(service) CROSS JOIN LATERAL (
+                        SELECT {SPAN_COLUMNS} FROM spans
+                        WHERE spans.service = s.service AND start_ns >= $2 AND start_ns <= $3
+                          AND ($4::text IS NULL OR name = $4)
+                          AND duration_ns >= $5 AND duration_ns <= $6
+                        ORDER BY start_ns DESC LIMIT $7) c
+                     ORDER BY c.start_ns DESC LIMIT $7"
+                ))
+                .await?;
             let rows = client
                 .query(
                     &statement,
@@ -275,26 +291,37 @@ impl TraceReader {
                     ],
                 )
                 .await?;
-            drop(client);
             let exhausted = (rows.len() as i64) < budget.page_spans;
-            let mut candidates = Vec::new();
-            let (mut lowest, mut highest) = (i64::MAX, i64::MIN);
-            for row in &rows {
-                let start: i64 = row.get(1);
-                lowest = lowest.min(start);
-                highest = highest.max(start);
-                let trace_id = trace_id_from(row.get(0))?;
-                if examined.insert(trace_id) {
-                    candidates.push(trace_id);
+            let candidates = rows.iter().map(span_from_row).collect::<Result<Vec<_>, _>>()?;
+            let missing: Vec<i64> = candidates
+                .iter()
+                .map(|span| span.resource_id)
+                .filter(|id| !resources.contains_key(id))
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect();
+            resources.extend(load_resources(&client, &missing).await?);
+            drop(client);
+
+            let lowest = candidates.iter().map(|span| span.span.start_time_unix_nano).min();
+            let mut matched = Vec::new();
+            for span in &candidates {
+                let trace_id = span.span.trace_id;
+                if !examined.contains(&trace_id) && span_matches(span, resources.get(&span.resource_id)) {
+                    examined.insert(trace_id);
+                    matched.push((trace_id, span.span.start_time_unix_nano as i64));
                 }
             }
-            if !candidates.is_empty() {
+            for chunk in matched.chunks(limit.max(1)) {
+                let ids: Vec<TraceId> = chunk.iter().map(|(id, _)| *id).collect();
+                let lowest = chunk.iter().map(|(_, start)| *start).min().unwrap_or(i64::MIN);
+                let highest = chunk.iter().map(|(_, start)| *start).max().unwrap_or(i64::MAX);
                 let range = TimeRange {
                     start: Some(lowest.saturating_sub(TRACE_SLACK_NS)),
                     end: Some(highest.saturating_add(TRACE_SLACK_NS)),
                 };
-                for trace in self.get_traces(&candidates, range).await? {
-                    if matches(&trace) {
+                for trace in self.get_traces(&ids, range).await? {
+                    if trace_matches(&trace) {
                         found.push(trace);
                         if found.len() >= limit {
                             return Ok(found);
@@ -302,12 +329,13 @@ impl TraceReader {
                     }
                 }
             }
-            if exhausted || started.elapsed() > budget.max_time || lowest == i64::MAX {
+            let Some(lowest) = lowest else { break };
+            if exhausted || started.elapsed() > budget.max_time {
                 break;
             }
             // The next page starts below the oldest span of this one. Spans sharing that exact nanosecond
             // with the page's last row may be skipped; their traces usually have other spans to find them by.
-            upper = lowest - 1;
+            upper = lowest as i64 - 1;
         }
         Ok(found)
     }

@@ -165,7 +165,10 @@ async fn jaeger_ui_before_2_15_search_trace_compare_and_dependencies() {
         .filter_map(|t| t["traceID"].as_str())
         .collect();
     assert_eq!(ids, vec![fixture.two.trace_id(), fixture.single.trace_id()]);
-    assert_eq!(compare["errors"], json!([{"msg": "trace not found", "traceID": "0000000000000bad"}]));
+    assert_eq!(
+        compare["errors"],
+        json!([{"msg": "trace not found", "traceID": "0000000000000bad"}])
+    );
 
     // Trace page.
     let trace = ok_json(&url(&fixture, &format!("/api/traces/{}", fixture.single.trace_id()))).await;

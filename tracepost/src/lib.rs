@@ -4,5 +4,6 @@
 
 pub mod app;
 pub mod loadgen;
+pub mod querybench;
 
 pub use app::{start, App, AppConfig, Role};

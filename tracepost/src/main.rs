@@ -33,6 +33,8 @@ enum Command {
     Migrate(DatabaseArgs),
     /// Send Linkerd-shaped OTLP traffic to a collector.
     Loadgen(loadgen::LoadgenArgs),
+    /// Measure query API latency (p50/p99) against stored spans.
+    Querybench(tracepost::querybench::QuerybenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -224,6 +226,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Loadgen(args) => return loadgen::run(args).await,
+        Command::Querybench(args) => return tracepost::querybench::run(args).await,
     };
     init_logging(args.log_format == "json");
     let app = tracepost::start(role, args.config()).await?;
