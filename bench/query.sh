@@ -50,4 +50,4 @@ if [[ $loaded -eq 0 ]]; then
 fi
 echo "stored spans: $(psql "$database_url" -qAtc "SELECT count(*) FROM spans"), database size: $(psql "$database_url" -qAtc "SELECT pg_size_pretty(pg_database_size(current_database()))")"
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ { print $2 }') GiB, PostgreSQL $(psql "$server" -qAtc 'SHOW server_version')"
-"$bin" querybench --url "http://127.0.0.1:$query_port" --requests "$requests"
+"$bin" querybench --url "http://127.0.0.1:$query_port" --requests "$requests" || { grep -iE "error|warn" "$log" | tail -20 >&2; exit 1; }

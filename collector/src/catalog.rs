@@ -5,6 +5,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, RwLock};
 
+use bytes::{Bytes, BytesMut};
+use tracepost_storage::copy::{encode_operation_index_row, operation_key};
+use tracepost_storage::model::TraceId;
 use tracepost_storage::OperationRow;
 
 /// The default cap on distinct operations recorded per service.
@@ -129,6 +132,35 @@ impl RequestOperations {
     /// The rows to write with the request and the keys to forget if that write fails.
     pub(crate) fn finish(self, catalog: &OperationCatalog) -> (Vec<OperationRow>, Vec<u64>) {
         catalog.admit(self.candidates)
+    }
+}
+
+/// One request's `operation_index` rows: one per (trace, operation), carrying the newest start among the
+/// request's spans of that trace and operation.
+#[derive(Debug, Default)]
+pub(crate) struct RequestOperationIndex {
+    rows: HashMap<(TraceId, i64), i64>,
+}
+
+impl RequestOperationIndex {
+    pub(crate) fn observe(&mut self, service: &str, name: &str, trace_id: TraceId, start_time_unix_nano: u64) {
+        let start = i64::try_from(start_time_unix_nano).unwrap_or(i64::MAX);
+        let newest = self
+            .rows
+            .entry((trace_id, operation_key(service, name)))
+            .or_insert(start);
+        *newest = (*newest).max(start);
+    }
+
+    /// The rows, binary COPY encoded, in a deterministic order.
+    pub(crate) fn finish(self) -> Bytes {
+        let mut rows: Vec<_> = self.rows.into_iter().collect();
+        rows.sort_unstable();
+        let mut out = BytesMut::with_capacity(rows.len() * 42);
+        for ((trace_id, key), start) in rows {
+            encode_operation_index_row(&mut out, key, start, &trace_id);
+        }
+        out.freeze()
     }
 }
 

@@ -19,7 +19,7 @@ use tracepost_storage::model::{
 use tracepost_storage::time::day_of;
 use tracepost_storage::{EncodedSpans, ResourceRow};
 
-use crate::catalog::{OperationCatalog, RequestOperations};
+use crate::catalog::{OperationCatalog, RequestOperationIndex, RequestOperations};
 
 /// Why a span was rejected. Each reason is a metric label value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -101,6 +101,7 @@ pub fn convert_request(request: ExportTraceServiceRequest, config: &ConvertConfi
     let mut rows = BytesMut::new();
     let mut resource_days = HashSet::new();
     let mut operations = RequestOperations::default();
+    let mut operation_index = RequestOperationIndex::default();
     for resource_spans in request.resource_spans {
         let otlp_resource = resource_spans.resource.unwrap_or_default();
         let resource = Resource {
@@ -130,6 +131,7 @@ pub fn convert_request(request: ExportTraceServiceRequest, config: &ConvertConfi
                     &mut converted.encoded.resources,
                 );
                 operations.observe(&config.catalog, &info.service, &span.name, span.kind as i16, day);
+                operation_index.observe(&info.service, &span.name, span.trace_id, span.start_time_unix_nano);
                 encode_span_row(&mut rows, info.context(), &span);
                 converted.encoded.span_count += 1;
             }
@@ -137,6 +139,7 @@ pub fn convert_request(request: ExportTraceServiceRequest, config: &ConvertConfi
     }
     converted.encoded.rows = rows.freeze();
     (converted.encoded.operations, converted.operation_keys) = operations.finish(&config.catalog);
+    converted.encoded.operation_index = operation_index.finish();
     converted
 }
 

@@ -181,7 +181,9 @@ impl Pipeline {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone();
         let sender = sender.ok_or(IngestError::ShuttingDown)?;
-        let bytes = spans.rows.len() + spans.resources.iter().map(|row| row.body.len()).sum::<usize>();
+        let bytes = spans.rows.len()
+            + spans.operation_index.len()
+            + spans.resources.iter().map(|row| row.body.len()).sum::<usize>();
         let permits = u32::try_from(bytes.div_ceil(PERMIT_BYTES))
             .unwrap_or(u32::MAX)
             .clamp(1, self.admission_permits);

@@ -18,7 +18,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tracepost_storage::copy::{encode_span_row_with_detail, sanitize_text, RowSpan};
 use tracepost_storage::model::{SpanKind, StatusCode};
 
-use crate::catalog::RequestOperations;
+use crate::catalog::{RequestOperationIndex, RequestOperations};
 use crate::convert::{validate_span, ConvertConfig, Converted, ResourceInfo, ValidIds};
 
 /// Why a body is not a valid `ExportTraceServiceRequest`.
@@ -273,6 +273,7 @@ pub fn convert_protobuf(body: &[u8], config: &ConvertConfig) -> Result<Converted
         resource_days: HashSet::new(),
         detail: Vec::with_capacity(1024),
         operations: RequestOperations::default(),
+        operation_index: RequestOperationIndex::default(),
         config,
     };
     let mut reader = Reader::new(body);
@@ -286,6 +287,7 @@ pub fn convert_protobuf(body: &[u8], config: &ConvertConfig) -> Result<Converted
         }
     }
     state.converted.encoded.rows = state.rows.freeze();
+    state.converted.encoded.operation_index = state.operation_index.finish();
     (state.converted.encoded.operations, state.converted.operation_keys) = state.operations.finish(&config.catalog);
     Ok(state.converted)
 }
@@ -297,6 +299,7 @@ struct State<'c> {
     /// Scratch buffer for one span's `detail`.
     detail: Vec<u8>,
     operations: RequestOperations,
+    operation_index: RequestOperationIndex,
     config: &'c ConvertConfig,
 }
 
@@ -503,6 +506,8 @@ impl State<'_> {
         );
         self.operations
             .observe(&self.config.catalog, &info.service, &safe_name, row.kind as i16, day);
+        self.operation_index
+            .observe(&info.service, &safe_name, trace_id, fields.start);
         encode_span_row_with_detail(&mut self.rows, info.context(), &row, &self.detail);
         self.converted.encoded.span_count += 1;
         Ok(())
@@ -838,6 +843,7 @@ mod tests {
                 .collect::<Vec<_>>();
             prop_assert_eq!(resources(&fast), resources(&slow));
             prop_assert_eq!(&fast.encoded.operations, &slow.encoded.operations);
+            prop_assert_eq!(&fast.encoded.operation_index, &slow.encoded.operation_index);
         }
 
         /// Corrupted bodies are errors or agree with prost on what they hold; they never panic.

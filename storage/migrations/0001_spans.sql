@@ -17,7 +17,7 @@ CREATE TABLE spans (
 ) PARTITION BY RANGE (start_ns);
 
 -- Trace lookup by ID.
-CREATE INDEX spans_trace_id ON spans (trace_id);
+CREATE INDEX spans_trace_id ON spans USING hash (trace_id);
 -- Newest-first search by service (and the services/operations queries of the query API).
 CREATE INDEX spans_service_start ON spans (service, start_ns DESC);
 

@@ -17,6 +17,29 @@ pub const COPY_SPANS: &str = "COPY spans (trace_id, span_id, parent_span_id, sta
 
 const COLUMNS: i16 = 12;
 
+/// The COPY statement whose column order [`encode_operation_index_row`] follows.
+pub const COPY_OPERATION_INDEX: &str =
+    "COPY operation_index (operation_key, start_ns, trace_id) FROM STDIN (FORMAT binary)";
+
+/// The key of an operation in `operation_index`: FNV-1a (64 bits) of the service, a 0xff byte (never in
+/// UTF-8) and the span name as stored (after [`sanitize_text`]).
+pub fn operation_key(service: &str, name: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in service.bytes().chain(std::iter::once(0xff)).chain(name.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash as i64
+}
+
+/// Appends one `operation_index` row.
+pub fn encode_operation_index_row(out: &mut BytesMut, operation_key: i64, start_ns: i64, trace_id: &TraceId) {
+    out.put_i16(3);
+    put_i64(out, operation_key);
+    put_i64(out, start_ns);
+    put_bytes(out, &trace_id.0);
+}
+
 /// The 19-byte header that starts every binary COPY stream.
 pub fn copy_header() -> Bytes {
     let mut header = BytesMut::with_capacity(19);

@@ -22,14 +22,21 @@ pub struct MaintenanceReport {
     pub expired_default_rows: u64,
 }
 
-/// The name of the partition holding one day (days since the Unix epoch): `spans_pYYYYMMDD`.
+/// The tables partitioned by day on `start_ns`, each with a `<table>_default` partition.
+const PARTITIONED_TABLES: &[&str] = &["spans", "operation_index"];
+
+/// The name of the `spans` partition holding one day (days since the Unix epoch): `spans_pYYYYMMDD`.
 pub fn partition_name(day: i32) -> String {
-    let (year, month, day_of_month) = civil_from_days(day);
-    format!("spans_p{year:04}{month:02}{day_of_month:02}")
+    table_partition_name("spans", day)
 }
 
-fn parse_partition_name(name: &str) -> Option<i32> {
-    let digits = name.strip_prefix("spans_p")?;
+fn table_partition_name(table: &str, day: i32) -> String {
+    let (year, month, day_of_month) = civil_from_days(day);
+    format!("{table}_p{year:04}{month:02}{day_of_month:02}")
+}
+
+fn parse_partition_name(table: &str, name: &str) -> Option<i32> {
+    let digits = name.strip_prefix(table)?.strip_prefix("_p")?;
     if digits.len() != 8 || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
         return None;
     }
@@ -74,37 +81,41 @@ async fn maintain_locked(
         ran: true,
         ..Default::default()
     };
-    let existing: Vec<i32> = client
-        .query(
-            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-             WHERE i.inhparent = 'spans'::regclass",
-            &[],
-        )
-        .await?
-        .iter()
-        .filter_map(|row| parse_partition_name(row.get::<_, &str>(0)))
-        .collect();
-
     let retention_nanos = i64::try_from(retention.as_nanos()).unwrap_or(i64::MAX);
     let cutoff = now_unix_nanos.saturating_sub(retention_nanos);
     let today = crate::time::day_of(now_unix_nanos);
     let oldest_kept = crate::time::day_of(cutoff);
-    for day in (today - 1).max(oldest_kept)..=today + days_ahead {
-        if !existing.contains(&day) {
-            create_partition(client, day).await?;
-            report.created.push(partition_name(day));
+    for table in PARTITIONED_TABLES {
+        let existing: Vec<i32> = client
+            .query(
+                "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                 WHERE i.inhparent = $1::text::regclass",
+                &[table],
+            )
+            .await?
+            .iter()
+            .filter_map(|row| parse_partition_name(table, row.get::<_, &str>(0)))
+            .collect();
+        for day in (today - 1).max(oldest_kept)..=today + days_ahead {
+            if !existing.contains(&day) {
+                create_partition(client, table, day).await?;
+                report.created.push(table_partition_name(table, day));
+            }
+        }
+        for &day in &existing {
+            let upper = (i64::from(day) + 1) * NANOS_PER_DAY;
+            if upper <= cutoff {
+                drop_partition(client, table, day).await?;
+                report.dropped.push(table_partition_name(table, day));
+            }
+        }
+        let expired = client
+            .execute(&format!("DELETE FROM {table}_default WHERE start_ns < $1"), &[&cutoff])
+            .await?;
+        if *table == "spans" {
+            report.expired_default_rows = expired;
         }
     }
-    for &day in &existing {
-        let upper = (i64::from(day) + 1) * NANOS_PER_DAY;
-        if upper <= cutoff {
-            drop_partition(client, day).await?;
-            report.dropped.push(partition_name(day));
-        }
-    }
-    report.expired_default_rows = client
-        .execute("DELETE FROM spans_default WHERE start_ns < $1", &[&cutoff])
-        .await?;
     client
         .execute("DELETE FROM resources WHERE day < $1", &[&(oldest_kept - 1)])
         .await?;
@@ -112,26 +123,26 @@ async fn maintain_locked(
         .execute("DELETE FROM operations WHERE last_seen_day < $1", &[&(oldest_kept - 1)])
         .await?;
     if !report.created.is_empty() || !report.dropped.is_empty() {
-        tracing::info!(created = ?report.created, dropped = ?report.dropped, "maintained span partitions");
+        tracing::info!(created = ?report.created, dropped = ?report.dropped, "maintained partitions");
     }
     Ok(report)
 }
 
 /// Creates one day's partition, moving in any rows the default partition holds for that day, and attaches
 /// it (attaching takes a lighter lock on the parent than `CREATE TABLE ... PARTITION OF`).
-async fn create_partition(client: &mut deadpool_postgres::Client, day: i32) -> Result<(), StorageError> {
-    let name = partition_name(day);
+async fn create_partition(client: &mut deadpool_postgres::Client, table: &str, day: i32) -> Result<(), StorageError> {
+    let name = table_partition_name(table, day);
     let lower = i64::from(day) * NANOS_PER_DAY;
     let upper = lower + NANOS_PER_DAY;
     let transaction = client.transaction().await?;
     transaction
         .batch_execute(&format!(
-            "LOCK TABLE spans_default IN SHARE ROW EXCLUSIVE MODE;
-             CREATE TABLE {name} (LIKE spans INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
-             WITH moved AS (DELETE FROM spans_default WHERE start_ns >= {lower} AND start_ns < {upper}
+            "LOCK TABLE {table}_default IN SHARE ROW EXCLUSIVE MODE;
+             CREATE TABLE {name} (LIKE {table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
+             WITH moved AS (DELETE FROM {table}_default WHERE start_ns >= {lower} AND start_ns < {upper}
                             RETURNING *)
              INSERT INTO {name} SELECT * FROM moved;
-             ALTER TABLE spans ATTACH PARTITION {name} FOR VALUES FROM ({lower}) TO ({upper});"
+             ALTER TABLE {table} ATTACH PARTITION {name} FOR VALUES FROM ({lower}) TO ({upper});"
         ))
         .await?;
     transaction.commit().await?;
@@ -141,8 +152,8 @@ async fn create_partition(client: &mut deadpool_postgres::Client, day: i32) -> R
 /// Drops a partition. This takes an exclusive lock on the parent for a moment (`DETACH ... CONCURRENTLY`
 /// is not available while a default partition exists), so it waits at most `lock_timeout` behind running
 /// queries and is retried at the next maintenance pass otherwise, rather than queueing writers behind it.
-async fn drop_partition(client: &mut deadpool_postgres::Client, day: i32) -> Result<(), StorageError> {
-    let name = partition_name(day);
+async fn drop_partition(client: &mut deadpool_postgres::Client, table: &str, day: i32) -> Result<(), StorageError> {
+    let name = table_partition_name(table, day);
     let transaction = client.transaction().await?;
     transaction
         .batch_execute(&format!("SET LOCAL lock_timeout = '5s'; DROP TABLE {name}"))
@@ -159,7 +170,8 @@ mod tests {
     fn partition_names_round_trip() {
         let day = days_from_civil(2026, 11, 23);
         assert_eq!(partition_name(day), "spans_p20261123");
-        assert_eq!(parse_partition_name("spans_p20261123"), Some(day));
-        assert_eq!(parse_partition_name("spans_default"), None);
+        assert_eq!(parse_partition_name("spans", "spans_p20261123"), Some(day));
+        assert_eq!(parse_partition_name("spans", "spans_default"), None);
+        assert_eq!(parse_partition_name("spans", "operation_index_p20261123"), None);
     }
 }

@@ -7,6 +7,7 @@ use deadpool_postgres::Pool;
 use prost::Message;
 use tokio_postgres::Row;
 
+use crate::copy::{operation_key, sanitize_text};
 use crate::model::{Resource, Span, SpanDetail, SpanId, SpanKind, StatusCode, StoredResource, StoredSpan, TraceId};
 use crate::StorageError;
 
@@ -76,7 +77,8 @@ pub struct SpanFilter {
 /// Bounds on the work one search may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SearchBudget {
-    /// Candidate spans read per round trip.
+    /// Candidate spans read per round trip at most (the first page reads `8 × limit`, and each next one
+    /// twice as many, up to this).
     pub page_spans: i64,
     /// Round trips at most.
     pub max_pages: usize,
@@ -260,10 +262,20 @@ impl TraceReader {
         if services.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
+        if let Some(operation) = &filter.operation {
+            let keys: Vec<i64> = services
+                .iter()
+                .map(|service| operation_key(service, &sanitize_text(operation)))
+                .collect();
+            return self
+                .find_by_operation(&keys, filter, limit, budget, span_matches, trace_matches)
+                .await;
+        }
         let mut found = Vec::new();
         let mut examined = HashSet::new();
         let mut resources: HashMap<i64, StoredResource> = HashMap::new();
         let mut upper = filter.start_max_ns;
+        let mut page_spans = (limit as i64).saturating_mul(8).clamp(1, budget.page_spans.max(1));
         for _ in 0..budget.max_pages {
             let client = self.pool.get().await?;
             let statement = client
@@ -287,11 +299,12 @@ impl TraceReader {
                         &filter.operation,
                         &filter.min_duration_ns.unwrap_or(0),
                         &filter.max_duration_ns.unwrap_or(i64::MAX),
-                        &budget.page_spans,
+                        &page_spans,
                     ],
                 )
                 .await?;
-            let exhausted = (rows.len() as i64) < budget.page_spans;
+            let exhausted = (rows.len() as i64) < page_spans;
+            page_spans = page_spans.saturating_mul(2).min(budget.page_spans.max(1));
             let candidates = rows.iter().map(span_from_row).collect::<Result<Vec<_>, _>>()?;
             let missing: Vec<i64> = candidates
                 .iter()
@@ -336,6 +349,76 @@ impl TraceReader {
             // The next page starts below the oldest span of this one. Spans sharing that exact nanosecond
             // with the page's last row may be skipped; their traces usually have other spans to find them by.
             upper = lowest as i64 - 1;
+        }
+        Ok(found)
+    }
+
+    /// Search by operation: candidate traces come newest first from `operation_index`, are fetched whole and
+    /// kept when one of their spans matches (which also rules out hash collisions).
+    async fn find_by_operation(
+        &self,
+        keys: &[i64],
+        filter: &SpanFilter,
+        limit: usize,
+        budget: SearchBudget,
+        span_matches: impl Fn(&StoredSpan, Option<&StoredResource>) -> bool,
+        trace_matches: impl Fn(&StoredTrace) -> bool,
+    ) -> Result<Vec<StoredTrace>, StorageError> {
+        let started = Instant::now();
+        let mut found = Vec::new();
+        let mut examined = HashSet::new();
+        let mut upper = filter.start_max_ns;
+        let mut page = (limit as i64).saturating_mul(2).clamp(1, budget.page_spans.max(1));
+        for _ in 0..budget.max_pages {
+            let client = self.pool.get().await?;
+            let statement = client
+                .prepare_cached(
+                    "SELECT c.trace_id, c.start_ns FROM unnest($1::int8[]) AS k(key) CROSS JOIN LATERAL (
+                        SELECT trace_id, start_ns FROM operation_index
+                        WHERE operation_key = k.key AND start_ns >= $2 AND start_ns <= $3
+                        ORDER BY start_ns DESC LIMIT $4) c
+                     ORDER BY c.start_ns DESC LIMIT $4",
+                )
+                .await?;
+            let rows = client
+                .query(&statement, &[&keys, &filter.start_min_ns, &upper, &page])
+                .await?;
+            drop(client);
+            let exhausted = (rows.len() as i64) < page;
+            page = page.saturating_mul(2).min(budget.page_spans.max(1));
+            let mut candidates = Vec::new();
+            let (mut lowest, mut highest) = (i64::MAX, i64::MIN);
+            for row in &rows {
+                let start: i64 = row.get(1);
+                lowest = lowest.min(start);
+                highest = highest.max(start);
+                let trace_id = trace_id_from(row.get(0))?;
+                if examined.insert(trace_id) {
+                    candidates.push(trace_id);
+                }
+            }
+            if !candidates.is_empty() {
+                let range = TimeRange {
+                    start: Some(lowest.saturating_sub(TRACE_SLACK_NS)),
+                    end: Some(highest.saturating_add(TRACE_SLACK_NS)),
+                };
+                for trace in self.get_traces(&candidates, range).await? {
+                    let span_found = trace
+                        .spans
+                        .iter()
+                        .any(|span| span_matches(span, trace.resource_of(span)));
+                    if span_found && trace_matches(&trace) {
+                        found.push(trace);
+                        if found.len() >= limit {
+                            return Ok(found);
+                        }
+                    }
+                }
+            }
+            if exhausted || rows.is_empty() || started.elapsed() > budget.max_time {
+                break;
+            }
+            upper = lowest - 1;
         }
         Ok(found)
     }

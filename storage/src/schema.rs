@@ -25,6 +25,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "query_dictionaries",
         sql: include_str!("../migrations/0002_query_dictionaries.sql"),
     },
+    Migration {
+        version: 3,
+        name: "operation_search",
+        sql: include_str!("../migrations/0003_operation_search.sql"),
+    },
 ];
 
 /// The schema version this binary needs.

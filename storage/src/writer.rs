@@ -7,7 +7,7 @@ use bytes::Bytes;
 use deadpool_postgres::Pool;
 use futures_util::SinkExt;
 
-use crate::copy::{copy_header, copy_trailer, COPY_SPANS};
+use crate::copy::{copy_header, copy_trailer, COPY_OPERATION_INDEX, COPY_SPANS};
 use crate::StorageError;
 
 /// A resource row to insert (once per resource and day) before the spans that reference it.
@@ -38,6 +38,8 @@ pub struct EncodedSpans {
     pub resources: Vec<ResourceRow>,
     /// Operations the collector has not recorded yet today.
     pub operations: Vec<OperationRow>,
+    /// `operation_index` rows, binary COPY encoded: one per (trace, operation) of the request.
+    pub operation_index: Bytes,
 }
 
 /// The most (resource, day) pairs remembered as already stored; past it the memory is cleared, which only
@@ -108,6 +110,16 @@ impl SpanWriter {
         }
         sink.feed(copy_trailer()).await?;
         sink.as_mut().finish().await?;
+        if parts.iter().any(|part| !part.operation_index.is_empty()) {
+            let sink = transaction.copy_in(COPY_OPERATION_INDEX).await?;
+            futures_util::pin_mut!(sink);
+            sink.feed(copy_header()).await?;
+            for part in parts.iter().filter(|part| !part.operation_index.is_empty()) {
+                sink.feed(part.operation_index.clone()).await?;
+            }
+            sink.feed(copy_trailer()).await?;
+            sink.as_mut().finish().await?;
+        }
         transaction.commit().await?;
         self.remember(&new_resources);
         Ok(())
