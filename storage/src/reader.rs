@@ -263,12 +263,22 @@ impl TraceReader {
             return Ok(Vec::new());
         }
         if let Some(operation) = &filter.operation {
+            let stored_name = sanitize_text(operation);
             let keys: Vec<i64> = services
                 .iter()
-                .map(|service| operation_key(service, &sanitize_text(operation)))
+                .map(|service| operation_key(service, &stored_name))
                 .collect();
             return self
-                .find_by_operation(&keys, filter, limit, budget, span_matches, trace_matches)
+                .find_by_operation(
+                    &keys,
+                    &services,
+                    &stored_name,
+                    filter,
+                    limit,
+                    budget,
+                    span_matches,
+                    trace_matches,
+                )
                 .await;
         }
         let mut found = Vec::new();
@@ -355,9 +365,12 @@ impl TraceReader {
 
     /// Search by operation: candidate traces come newest first from `operation_index`, are fetched whole and
     /// kept when one of their spans matches (which also rules out hash collisions).
+    #[allow(clippy::too_many_arguments)]
     async fn find_by_operation(
         &self,
         keys: &[i64],
+        services: &[String],
+        operation: &str,
         filter: &SpanFilter,
         limit: usize,
         budget: SearchBudget,
@@ -398,16 +411,43 @@ impl TraceReader {
                 }
             }
             if !candidates.is_empty() {
+                // Verify on the candidates' spans of that operation first; fetch only matching traces whole.
+                let range_start = lowest.saturating_sub(TRACE_SLACK_NS);
+                let range_end = highest.saturating_add(TRACE_SLACK_NS);
+                let client = self.pool.get().await?;
+                let statement = client
+                    .prepare_cached(&format!(
+                        "SELECT {SPAN_COLUMNS} FROM spans
+                         WHERE trace_id = ANY($1) AND start_ns >= $2 AND start_ns <= $3
+                           AND service = ANY($4) AND name = $5
+                         ORDER BY start_ns DESC"
+                    ))
+                    .await?;
+                let ids: Vec<&[u8]> = candidates.iter().map(|id| id.0.as_slice()).collect();
+                let rows = client
+                    .query(&statement, &[&ids, &range_start, &range_end, &services, &operation])
+                    .await?;
+                let spans = rows.iter().map(span_from_row).collect::<Result<Vec<_>, _>>()?;
+                let resource_ids: Vec<i64> = spans
+                    .iter()
+                    .map(|span| span.resource_id)
+                    .collect::<HashSet<_>>()
+                    .into_iter()
+                    .collect();
+                let resources = load_resources(&client, &resource_ids).await?;
+                drop(client);
+                let matched: HashSet<TraceId> = spans
+                    .iter()
+                    .filter(|span| span_matches(span, resources.get(&span.resource_id)))
+                    .map(|span| span.span.trace_id)
+                    .collect();
+                let ordered: Vec<TraceId> = candidates.into_iter().filter(|id| matched.contains(id)).collect();
                 let range = TimeRange {
-                    start: Some(lowest.saturating_sub(TRACE_SLACK_NS)),
-                    end: Some(highest.saturating_add(TRACE_SLACK_NS)),
+                    start: Some(range_start),
+                    end: Some(range_end),
                 };
-                for trace in self.get_traces(&candidates, range).await? {
-                    let span_found = trace
-                        .spans
-                        .iter()
-                        .any(|span| span_matches(span, trace.resource_of(span)));
-                    if span_found && trace_matches(&trace) {
+                for trace in self.get_traces(&ordered, range).await? {
+                    if trace_matches(&trace) {
                         found.push(trace);
                         if found.len() >= limit {
                             return Ok(found);
