@@ -131,7 +131,13 @@ pub fn convert_request(request: ExportTraceServiceRequest, config: &ConvertConfi
                     &mut converted.encoded.resources,
                 );
                 operations.observe(&config.catalog, &info.service, &span.name, span.kind as i16, day);
-                operation_index.observe(&info.service, &span.name, span.trace_id, span.start_time_unix_nano);
+                operation_index.observe(
+                    &info.service,
+                    &span.name,
+                    span.trace_id,
+                    span.start_time_unix_nano,
+                    span.end_time_unix_nano(),
+                );
                 encode_span_row(&mut rows, info.context(), &span);
                 converted.encoded.span_count += 1;
             }

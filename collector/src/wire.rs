@@ -507,7 +507,7 @@ impl State<'_> {
         self.operations
             .observe(&self.config.catalog, &info.service, &safe_name, row.kind as i16, day);
         self.operation_index
-            .observe(&info.service, &safe_name, trace_id, fields.start);
+            .observe(&info.service, &safe_name, trace_id, fields.start, fields.end);
         encode_span_row_with_detail(&mut self.rows, info.context(), &row, &self.detail);
         self.converted.encoded.span_count += 1;
         Ok(())

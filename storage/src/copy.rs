@@ -19,7 +19,7 @@ const COLUMNS: i16 = 12;
 
 /// The COPY statement whose column order [`encode_operation_index_row`] follows.
 pub const COPY_OPERATION_INDEX: &str =
-    "COPY operation_index (operation_key, start_ns, trace_id) FROM STDIN (FORMAT binary)";
+    "COPY operation_index (operation_key, start_ns, max_duration_ns, trace_id) FROM STDIN (FORMAT binary)";
 
 /// The key of an operation in `operation_index`: FNV-1a (64 bits) of the service, a 0xff byte (never in
 /// UTF-8) and the span name as stored (after [`sanitize_text`]).
@@ -33,10 +33,17 @@ pub fn operation_key(service: &str, name: &str) -> i64 {
 }
 
 /// Appends one `operation_index` row.
-pub fn encode_operation_index_row(out: &mut BytesMut, operation_key: i64, start_ns: i64, trace_id: &TraceId) {
-    out.put_i16(3);
+pub fn encode_operation_index_row(
+    out: &mut BytesMut,
+    operation_key: i64,
+    start_ns: i64,
+    max_duration_ns: i64,
+    trace_id: &TraceId,
+) {
+    out.put_i16(4);
     put_i64(out, operation_key);
     put_i64(out, start_ns);
+    put_i64(out, max_duration_ns);
     put_bytes(out, &trace_id.0);
 }
 

@@ -269,16 +269,7 @@ impl TraceReader {
                 .map(|service| operation_key(service, &stored_name))
                 .collect();
             return self
-                .find_by_operation(
-                    &keys,
-                    &services,
-                    &stored_name,
-                    filter,
-                    limit,
-                    budget,
-                    span_matches,
-                    trace_matches,
-                )
+                .find_by_operation(&keys, &stored_name, filter, limit, budget, span_matches, trace_matches)
                 .await;
         }
         let mut found = Vec::new();
@@ -365,11 +356,9 @@ impl TraceReader {
 
     /// Search by operation: candidate traces come newest first from `operation_index`, are fetched whole and
     /// kept when one of their spans matches (which also rules out hash collisions).
-    #[allow(clippy::too_many_arguments)]
     async fn find_by_operation(
         &self,
         keys: &[i64],
-        services: &[String],
         operation: &str,
         filter: &SpanFilter,
         limit: usize,
@@ -388,13 +377,14 @@ impl TraceReader {
                 .prepare_cached(
                     "SELECT c.trace_id, c.start_ns FROM unnest($1::int8[]) AS k(key) CROSS JOIN LATERAL (
                         SELECT trace_id, start_ns FROM operation_index
-                        WHERE operation_key = k.key AND start_ns >= $2 AND start_ns <= $3
+                        WHERE operation_key = k.key AND start_ns >= $2 AND start_ns <= $3 AND max_duration_ns >= $5
                         ORDER BY start_ns DESC LIMIT $4) c
                      ORDER BY c.start_ns DESC LIMIT $4",
                 )
                 .await?;
+            let min_duration = filter.min_duration_ns.unwrap_or(0);
             let rows = client
-                .query(&statement, &[&keys, &filter.start_min_ns, &upper, &page])
+                .query(&statement, &[&keys, &filter.start_min_ns, &upper, &page, &min_duration])
                 .await?;
             drop(client);
             let exhausted = (rows.len() as i64) < page;
@@ -418,14 +408,13 @@ impl TraceReader {
                 let statement = client
                     .prepare_cached(&format!(
                         "SELECT {SPAN_COLUMNS} FROM spans
-                         WHERE trace_id = ANY($1) AND start_ns >= $2 AND start_ns <= $3
-                           AND service = ANY($4) AND name = $5
+                         WHERE trace_id = ANY($1) AND start_ns >= $2 AND start_ns <= $3 AND name = $4
                          ORDER BY start_ns DESC"
                     ))
                     .await?;
                 let ids: Vec<&[u8]> = candidates.iter().map(|id| id.0.as_slice()).collect();
                 let rows = client
-                    .query(&statement, &[&ids, &range_start, &range_end, &services, &operation])
+                    .query(&statement, &[&ids, &range_start, &range_end, &operation])
                     .await?;
                 let spans = rows.iter().map(span_from_row).collect::<Result<Vec<_>, _>>()?;
                 let resource_ids: Vec<i64> = spans
