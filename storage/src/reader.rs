@@ -262,14 +262,9 @@ impl TraceReader {
         if services.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
-        if let Some(operation) = &filter.operation {
-            let stored_name = sanitize_text(operation);
-            let keys: Vec<i64> = services
-                .iter()
-                .map(|service| operation_key(service, &stored_name))
-                .collect();
+        if filter.operation.is_some() {
             return self
-                .find_by_operation(&keys, &stored_name, filter, limit, budget, span_matches, trace_matches)
+                .find_by_operation(&services, filter, limit, budget, span_matches, trace_matches)
                 .await;
         }
         let mut found = Vec::new();
@@ -279,20 +274,20 @@ impl TraceReader {
         let mut page_spans = (limit as i64).saturating_mul(8).clamp(1, budget.page_spans.max(1));
         for _ in 0..budget.max_pages {
             let client = self.pool.get().await?;
-            let statement = client
-                .prepare_cached(&format!(
-                    "SELECT c.* FROM unnest($1::text[]) AS s(service) CROSS JOIN LATERAL (
+            // Planned with the actual parameters each time (an unnamed statement): a cached generic plan
+            // sorts every row of a popular key instead of walking the index in order.
+            let statement: &str = &format!(
+                "SELECT c.* FROM unnest($1::text[]) AS s(service) CROSS JOIN LATERAL (
                         SELECT {SPAN_COLUMNS} FROM spans
                         WHERE spans.service = s.service AND start_ns >= $2 AND start_ns <= $3
                           AND ($4::text IS NULL OR name = $4)
                           AND duration_ns >= $5 AND duration_ns <= $6
                         ORDER BY start_ns DESC LIMIT $7) c
                      ORDER BY c.start_ns DESC LIMIT $7"
-                ))
-                .await?;
+            );
             let rows = client
                 .query(
-                    &statement,
+                    statement,
                     &[
                         &services,
                         &filter.start_min_ns,
@@ -358,14 +353,18 @@ impl TraceReader {
     /// kept when one of their spans matches (which also rules out hash collisions).
     async fn find_by_operation(
         &self,
-        keys: &[i64],
-        operation: &str,
+        services: &[String],
         filter: &SpanFilter,
         limit: usize,
         budget: SearchBudget,
         span_matches: impl Fn(&StoredSpan, Option<&StoredResource>) -> bool,
         trace_matches: impl Fn(&StoredTrace) -> bool,
     ) -> Result<Vec<StoredTrace>, StorageError> {
+        let operation = sanitize_text(filter.operation.as_deref().unwrap_or_default()).into_owned();
+        let keys: Vec<i64> = services
+            .iter()
+            .map(|service| operation_key(service, &operation))
+            .collect();
         let started = Instant::now();
         let mut found = Vec::new();
         let mut examined = HashSet::new();
@@ -373,18 +372,16 @@ impl TraceReader {
         let mut page = (limit as i64).saturating_mul(2).clamp(1, budget.page_spans.max(1));
         for _ in 0..budget.max_pages {
             let client = self.pool.get().await?;
-            let statement = client
-                .prepare_cached(
-                    "SELECT c.trace_id, c.start_ns FROM unnest($1::int8[]) AS k(key) CROSS JOIN LATERAL (
+            // Planned with the actual parameters each time (an unnamed statement): a cached generic plan
+            // sorts every row of a popular key instead of walking the index in order.
+            let statement: &str = "SELECT c.trace_id, c.start_ns FROM unnest($1::int8[]) AS k(key) CROSS JOIN LATERAL (
                         SELECT trace_id, start_ns FROM operation_index
                         WHERE operation_key = k.key AND start_ns >= $2 AND start_ns <= $3 AND max_duration_ns >= $5
                         ORDER BY start_ns DESC LIMIT $4) c
-                     ORDER BY c.start_ns DESC LIMIT $4",
-                )
-                .await?;
+                     ORDER BY c.start_ns DESC LIMIT $4";
             let min_duration = filter.min_duration_ns.unwrap_or(0);
             let rows = client
-                .query(&statement, &[&keys, &filter.start_min_ns, &upper, &page, &min_duration])
+                .query(statement, &[&keys, &filter.start_min_ns, &upper, &page, &min_duration])
                 .await?;
             drop(client);
             let exhausted = (rows.len() as i64) < page;
@@ -405,16 +402,14 @@ impl TraceReader {
                 let range_start = lowest.saturating_sub(TRACE_SLACK_NS);
                 let range_end = highest.saturating_add(TRACE_SLACK_NS);
                 let client = self.pool.get().await?;
-                let statement = client
-                    .prepare_cached(&format!(
-                        "SELECT {SPAN_COLUMNS} FROM spans
+                let statement: &str = &format!(
+                    "SELECT {SPAN_COLUMNS} FROM spans
                          WHERE trace_id = ANY($1) AND start_ns >= $2 AND start_ns <= $3 AND name = $4
                          ORDER BY start_ns DESC"
-                    ))
-                    .await?;
+                );
                 let ids: Vec<&[u8]> = candidates.iter().map(|id| id.0.as_slice()).collect();
                 let rows = client
-                    .query(&statement, &[&ids, &range_start, &range_end, &operation])
+                    .query(statement, &[&ids, &range_start, &range_end, &operation])
                     .await?;
                 let spans = rows.iter().map(span_from_row).collect::<Result<Vec<_>, _>>()?;
                 let resource_ids: Vec<i64> = spans
