@@ -261,3 +261,42 @@ async fn unknown_and_malformed_trace_ids_get_jaeger_errors() {
     assert_eq!(body["error"]["httpCode"], 404);
     app.stop().await.expect("clean shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_exports_are_accepted_gzip_and_zstd_over_grpc_gzip_over_http() {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+
+    let database = TestDatabase::create("compression").await;
+    let app = serve(&database).await;
+    let request: ExportTraceServiceRequest =
+        serde_json::from_str(&linkerd_fixture("2.19")).expect("fixture is OTLP/JSON");
+    for encoding in [
+        tonic::codec::CompressionEncoding::Gzip,
+        tonic::codec::CompressionEncoding::Zstd,
+    ] {
+        let mut client = TraceServiceClient::connect(grpc_endpoint(&app))
+            .await
+            .expect("connect")
+            .send_compressed(encoding);
+        let response = client
+            .export(request.clone())
+            .await
+            .expect("compressed export accepted")
+            .into_inner();
+        assert!(response.partial_success.is_none());
+    }
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut encoder, &request.encode_to_vec()).expect("gzip");
+    let (status, _, body) = post_otlp(
+        &http_endpoint(&app),
+        "application/x-protobuf",
+        Some("gzip"),
+        encoder.finish().expect("gzip"),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(database.span_rows().await, 12, "the fixture's four spans, three times");
+    app.stop().await.expect("clean shutdown");
+}
