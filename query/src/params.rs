@@ -11,6 +11,17 @@ impl Params {
         Self(pairs)
     }
 
+    /// Parameters from literal pairs (tests).
+    #[cfg(test)]
+    pub(crate) fn from_pairs(pairs: &[(&str, &str)]) -> Self {
+        Self(
+            pairs
+                .iter()
+                .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+                .collect(),
+        )
+    }
+
     /// The first non-empty value of `name` (clients send valueless parameters such as `&minDuration&`).
     pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.0

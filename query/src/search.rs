@@ -46,6 +46,16 @@ fn params(query: Result<Query<Vec<(String, String)>>, QueryRejection>) -> Result
     Ok(Params::new(pairs))
 }
 
+/// An optional integer parameter, with Jaeger's error text naming it.
+fn int_param(params: &Params, name: &str) -> Result<Option<i64>, QueryError> {
+    params
+        .get(name)
+        .map(|text| {
+            parse_int(text).map_err(|error| QueryError::BadRequest(format!("unable to parse param '{name}': {error}")))
+        })
+        .transpose()
+}
+
 fn storage_failed(what: &str, error: impl std::fmt::Display) -> QueryError {
     tracing::error!(%error, "{what} failed");
     QueryError::Internal
@@ -156,14 +166,9 @@ async fn search_v1(
 
 fn parse_v1_search(params: &Params, now_ns: i64) -> Result<Search, QueryError> {
     let bad = |name: &str, error: String| QueryError::BadRequest(format!("unable to parse param '{name}': {error}"));
-    let micros = |name: &str| -> Result<Option<i64>, QueryError> {
-        params
-            .get(name)
-            .map(|text| parse_int(text).map_err(|error| bad(name, error)))
-            .transpose()
-    };
-    let end_ns = micros("end")?.map_or(now_ns, |micros| micros.saturating_mul(1000));
-    let start_ns = micros("start")?.map_or(end_ns - DEFAULT_LOOKBACK_NS, |micros| micros.saturating_mul(1000));
+    let end_ns = int_param(params, "end")?.map_or(now_ns, |micros| micros.saturating_mul(1000));
+    let start_ns =
+        int_param(params, "start")?.map_or(end_ns - DEFAULT_LOOKBACK_NS, |micros| micros.saturating_mul(1000));
     let mut tags = Vec::new();
     for tag in params.all("tag") {
         let (key, value) = tag.split_once(':').ok_or_else(|| {
@@ -366,16 +371,9 @@ async fn multi_get(reader: &TraceReader, params: &Params, texts: &[&str]) -> Res
         })?;
         ids.push(id);
     }
-    let bad = |name: &str, error: String| QueryError::BadRequest(format!("unable to parse param '{name}': {error}"));
-    let micros = |name: &str| -> Result<Option<i64>, QueryError> {
-        params
-            .get(name)
-            .map(|text| parse_int(text).map_err(|error| bad(name, error)))
-            .transpose()
-    };
     let range = TimeRange {
-        start: micros("start")?.map(|micros| micros.saturating_mul(1000) - 600_000_000_000),
-        end: micros("end")?.map(|micros| micros.saturating_mul(1000) + 600_000_000_000),
+        start: int_param(params, "start")?.map(|micros| micros.saturating_mul(1000) - 600_000_000_000),
+        end: int_param(params, "end")?.map(|micros| micros.saturating_mul(1000) + 600_000_000_000),
     };
     let traces = reader
         .get_traces(&ids, range)
@@ -410,17 +408,8 @@ async fn dependencies_v1(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<V1Envelope<Vec<Dependency>>>, V1Error> {
     let params = params(query)?;
-    let millis = |name: &str| -> Result<Option<i64>, QueryError> {
-        params
-            .get(name)
-            .map(|text| {
-                parse_int(text)
-                    .map_err(|error| QueryError::BadRequest(format!("unable to parse param '{name}': {error}")))
-            })
-            .transpose()
-    };
-    let end_ms = millis("endTs")?.unwrap_or_else(|| tracepost_storage::time::now_unix_nanos() / 1_000_000);
-    let lookback_ms = millis("lookback")?.unwrap_or(DEFAULT_DEPENDENCIES_LOOKBACK_MS);
+    let end_ms = int_param(&params, "endTs")?.unwrap_or_else(|| tracepost_storage::time::now_unix_nanos() / 1_000_000);
+    let lookback_ms = int_param(&params, "lookback")?.unwrap_or(DEFAULT_DEPENDENCIES_LOOKBACK_MS);
     let links = reader
         .dependencies(end_ms.saturating_mul(1_000_000), lookback_ms.saturating_mul(1_000_000))
         .await
@@ -638,12 +627,7 @@ mod tests {
     use super::*;
 
     fn params(pairs: &[(&str, &str)]) -> Params {
-        Params::new(
-            pairs
-                .iter()
-                .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
-                .collect(),
-        )
+        Params::from_pairs(pairs)
     }
 
     fn message(error: QueryError) -> String {

@@ -342,12 +342,7 @@ mod tests {
     use crate::fixtures;
 
     fn params(pairs: &[(&str, &str)]) -> Params {
-        Params::new(
-            pairs
-                .iter()
-                .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
-                .collect(),
-        )
+        Params::from_pairs(pairs)
     }
 
     const NOW: i64 = 1_754_042_400_000_000_000;
