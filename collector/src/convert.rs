@@ -14,12 +14,14 @@ use opentelemetry_proto::tonic::trace::v1 as otlp_trace;
 use prost::Message;
 use tracepost_storage::copy::{encode_span_row, sanitize_text, RowContext};
 use tracepost_storage::model::{
-    self, find_attribute, Resource, Scope, Span, SpanDetail, SpanId, SpanKind, StatusCode, TraceId, NO_SERVICE_NAME,
+    self, Resource, Scope, Span, SpanDetail, SpanId, SpanKind, StatusCode, TraceId, NO_SERVICE_NAME,
 };
 use tracepost_storage::time::day_of;
 use tracepost_storage::{EncodedSpans, ResourceRow};
 
 use crate::catalog::{OperationCatalog, RequestOperationIndex, RequestOperations};
+use crate::normalize::{derived_status, ResourceFacts, ResourceOutcome, Scalar, SpanFacts};
+use crate::red::{RequestMetrics, SpanInput, SpanMetrics};
 
 /// Why a span was rejected. Each reason is a metric label value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -60,6 +62,8 @@ pub struct ConvertConfig {
     pub cluster_name: Option<String>,
     /// Operations already recorded in the `operations` dictionary.
     pub catalog: Arc<OperationCatalog>,
+    /// RED metrics and service graph, when enabled.
+    pub span_metrics: Option<Arc<SpanMetrics>>,
 }
 
 /// One request, converted.
@@ -70,6 +74,8 @@ pub struct Converted {
     pub operation_keys: Vec<u64>,
     /// Rejected spans by reason, in the order first seen.
     pub rejected: Vec<(RejectReason, u64)>,
+    /// The spans reduced for the RED metrics, recorded once they are committed.
+    pub metrics: Option<RequestMetrics>,
 }
 
 impl Converted {
@@ -97,34 +103,79 @@ impl Converted {
 
 /// Converts and encodes a decoded request, consuming it.
 pub fn convert_request(request: ExportTraceServiceRequest, config: &ConvertConfig) -> Converted {
-    let mut converted = Converted::default();
+    let mut converted = Converted {
+        metrics: config.span_metrics.as_deref().map(RequestMetrics::new),
+        ..Converted::default()
+    };
     let mut rows = BytesMut::new();
     let mut resource_days = HashSet::new();
     let mut operations = RequestOperations::default();
     let mut operation_index = RequestOperationIndex::default();
     for resource_spans in request.resource_spans {
         let otlp_resource = resource_spans.resource.unwrap_or_default();
-        let resource = Resource {
+        let mut resource = Resource {
             attributes: convert_attributes(otlp_resource.attributes),
             dropped_attributes_count: otlp_resource.dropped_attributes_count,
             schema_url: resource_spans.schema_url,
         };
+        let mut facts = ResourceFacts::default();
+        for attribute in &resource.attributes {
+            facts.observe(&attribute.key, scalar(attribute.value.as_ref()));
+        }
+        let outcome = facts.finish();
+        if outcome.replaces_service {
+            let service = outcome.service.clone().unwrap_or_default();
+            for attribute in resource.attributes.iter_mut().filter(|kv| kv.key == "service.name") {
+                attribute.value = Some(string_value(service.clone()));
+            }
+        }
+        for (key, value) in &outcome.additions {
+            resource.attributes.push(model::KeyValue {
+                key: (*key).to_owned(),
+                value: Some(string_value(value.clone())),
+            });
+        }
         let info = ResourceInfo::new(
-            find_attribute(&resource.attributes, "service.name").and_then(|kv| kv.as_str()),
-            find_attribute(&resource.attributes, "k8s.cluster.name").and_then(|kv| kv.as_str()),
+            &outcome,
             Bytes::from(resource.encode_to_vec()),
             config,
+            converted.metrics.as_mut(),
         );
         for scope_spans in resource_spans.scope_spans {
             let scope = convert_scope(scope_spans.scope, scope_spans.schema_url);
             for otlp_span in scope_spans.spans {
-                let span = match convert_span(otlp_span, scope.as_ref()) {
+                let mut span = match convert_span(otlp_span, scope.as_ref()) {
                     Ok(span) => span,
                     Err(reason) => {
                         converted.reject(reason);
                         continue;
                     }
                 };
+                let mut facts = SpanFacts::default();
+                for attribute in &span.detail.attributes {
+                    facts.observe(&attribute.key, scalar(attribute.value.as_ref()));
+                }
+                if let Some(message) = derived_status(&facts, span.status_code as i32, &span.detail.status_message) {
+                    span.status_code = StatusCode::Error;
+                    span.detail.status_message = message;
+                }
+                if let (Some(metrics), Some(span_metrics)) = (converted.metrics.as_mut(), &config.span_metrics) {
+                    metrics.push(
+                        SpanInput {
+                            resource: info.metrics_resource,
+                            linkerd: info.linkerd,
+                            trace_id: &span.trace_id.0,
+                            span_id: &span.span_id.0,
+                            parent: span.parent_span_id.as_ref().map(|id| &id.0),
+                            name: &span.name,
+                            kind: span.kind as i32,
+                            error: span.status_code == StatusCode::Error,
+                            duration_ns: span.end_time_unix_nano() - span.start_time_unix_nano,
+                            facts: &facts,
+                        },
+                        span_metrics.routes(),
+                    );
+                }
                 let day = info.note_day(
                     span.start_time_unix_nano,
                     &mut resource_days,
@@ -149,6 +200,21 @@ pub fn convert_request(request: ExportTraceServiceRequest, config: &ConvertConfi
     converted
 }
 
+/// What normalisation reads of an attribute value.
+fn scalar(value: Option<&model::AnyValue>) -> Scalar<'_> {
+    match value.and_then(|value| value.value.as_ref()) {
+        Some(model::Value::Str(text)) => Scalar::Str(text),
+        Some(model::Value::Int(number)) => Scalar::Int(*number),
+        _ => Scalar::Other,
+    }
+}
+
+fn string_value(text: String) -> model::AnyValue {
+    model::AnyValue {
+        value: Some(model::Value::Str(text)),
+    }
+}
+
 /// Service name, cluster and ID of a resource, derived once per `ResourceSpans`.
 #[derive(Clone, Debug)]
 pub(crate) struct ResourceInfo {
@@ -156,31 +222,41 @@ pub(crate) struct ResourceInfo {
     cluster: Option<String>,
     id: i64,
     body: Bytes,
+    /// Whether the resource is a Linkerd proxy's.
+    pub(crate) linkerd: bool,
+    /// The resource's index in the request's metrics.
+    pub(crate) metrics_resource: u32,
 }
 
 impl ResourceInfo {
-    /// `service_name` and `cluster_name` are the resource's `service.name` and `k8s.cluster.name` string
-    /// attributes, if any; `body` is the protobuf of its [`Resource`].
+    /// `outcome` is what normalisation made of the resource's attributes; `body` is the protobuf of its
+    /// [`Resource`] as stored.
     pub(crate) fn new(
-        service_name: Option<&str>,
-        cluster_name: Option<&str>,
+        outcome: &ResourceOutcome,
         body: Bytes,
         config: &ConvertConfig,
+        metrics: Option<&mut RequestMetrics>,
     ) -> Self {
-        let service = match service_name {
+        let service = match outcome.service.as_deref() {
             Some(name) if !name.is_empty() => sanitize_text(name).into_owned(),
             _ => NO_SERVICE_NAME.to_owned(),
         };
-        let cluster = cluster_name
-            .filter(|name| !name.is_empty())
+        let cluster = outcome
+            .cluster
+            .as_deref()
             .map(|name| sanitize_text(name).into_owned())
             .or_else(|| config.cluster_name.clone());
         let id = resource_id_of(&body);
+        let metrics_resource = metrics.map_or(0, |metrics| {
+            metrics.resource(&service, cluster.as_deref(), outcome.namespace.as_deref())
+        });
         Self {
             service,
             cluster,
             id,
             body,
+            linkerd: outcome.linkerd,
+            metrics_resource,
         }
     }
 

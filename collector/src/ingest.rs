@@ -177,6 +177,7 @@ impl Ingest {
         let rejected = converted.rejected_count();
         let message = converted.rejection_message();
         let accepted = converted.encoded.span_count as u64;
+        let span_metrics = converted.metrics;
         if let Err(error) = self.inner.pipeline.submit(converted.encoded).await {
             self.inner.convert.catalog.forget(&converted.operation_keys);
             let error = ExportError::from(error);
@@ -186,6 +187,10 @@ impl Ingest {
                 .get_or_create(&ReasonLabels { reason: error.label() })
                 .inc_by(accepted);
             return Err(error);
+        }
+        // Durable now: count the spans in the RED metrics and the service graph (once, even if re-sent).
+        if let (Some(request), Some(span_metrics)) = (span_metrics, &self.inner.convert.span_metrics) {
+            span_metrics.record(request);
         }
         let partial_success = (rejected > 0).then(|| ExportTracePartialSuccess {
             rejected_spans: i64::try_from(rejected).unwrap_or(i64::MAX),

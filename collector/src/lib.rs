@@ -9,7 +9,10 @@ pub mod grpc;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod normalize;
 pub mod pipeline;
+pub mod red;
+pub mod routes;
 pub mod wire;
 
 pub use catalog::OperationCatalog;
@@ -19,6 +22,8 @@ pub use http::http_router;
 pub use ingest::{ExportError, Ingest, PayloadFormat, Transport};
 pub use metrics::CollectorMetrics;
 pub use pipeline::{IngestError, Pipeline, PipelineConfig, PipelineTasks};
+pub use red::{RedConfig, SpanMetrics};
+pub use routes::RouteRules;
 
 /// The default cap on request bodies, compressed and decompressed: 16 MiB.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 16 << 20;

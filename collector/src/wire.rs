@@ -20,6 +20,8 @@ use tracepost_storage::model::{SpanKind, StatusCode};
 
 use crate::catalog::{RequestOperationIndex, RequestOperations};
 use crate::convert::{validate_span, ConvertConfig, Converted, ResourceInfo, ValidIds};
+use crate::normalize::{derived_status, ResourceFacts, Scalar, SpanFacts};
+use crate::red::{RequestMetrics, SpanInput};
 
 /// Why a body is not a valid `ExportTraceServiceRequest`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -148,45 +150,57 @@ fn put_len(out: &mut impl BufMut, field: u32, bytes: &[u8]) {
     out.put_slice(bytes);
 }
 
-/// Checks a `KeyValue` (key string, `AnyValue`), as prost would decode it.
-fn check_key_value(bytes: &[u8], depth: u32) -> Result<()> {
+/// Checks a `KeyValue` (key string, `AnyValue`), as prost would decode it; returns its key and scalar value.
+fn check_key_value(bytes: &[u8], depth: u32) -> Result<(&str, Scalar<'_>)> {
     let mut reader = Reader::new(bytes);
+    let mut key = "";
+    let mut value = Scalar::Other;
     while !reader.is_empty() {
         let (field, wire_type) = reader.key()?;
         match field {
-            1 => expect(wire_type, LEN).and_then(|()| reader.string().map(drop))?,
-            2 => expect(wire_type, LEN).and_then(|()| check_any_value(reader.length_delimited()?, depth + 1))?,
+            1 => expect(wire_type, LEN).and_then(|()| reader.string().map(|text| key = text))?,
+            2 => expect(wire_type, LEN)
+                .and_then(|()| check_any_value(reader.length_delimited()?, depth + 1).map(|v| value = v))?,
             _ => reader.skip(wire_type)?,
         }
     }
-    Ok(())
+    Ok((key, value))
 }
 
-fn check_any_value(bytes: &[u8], depth: u32) -> Result<()> {
+/// Checks an `AnyValue`; returns it if it is a string or an integer (the last value field wins, as in prost).
+fn check_any_value(bytes: &[u8], depth: u32) -> Result<Scalar<'_>> {
     if depth > MAX_DEPTH {
         return Err(WireError("recursion limit reached"));
     }
     let mut reader = Reader::new(bytes);
+    let mut value = Scalar::Other;
     while !reader.is_empty() {
         let (field, wire_type) = reader.key()?;
         match field {
-            1 => expect(wire_type, LEN).and_then(|()| reader.string().map(drop))?,
-            2 | 3 => expect(wire_type, VARINT).and_then(|()| reader.varint().map(drop))?,
-            4 => expect(wire_type, FIXED64).and_then(|()| reader.fixed64().map(drop))?,
+            1 => expect(wire_type, LEN).and_then(|()| reader.string().map(|text| value = Scalar::Str(text)))?,
+            2 => expect(wire_type, VARINT).and_then(|()| reader.varint().map(|_| value = Scalar::Other))?,
+            3 => expect(wire_type, VARINT).and_then(|()| reader.varint().map(|v| value = Scalar::Int(v as i64)))?,
+            4 => expect(wire_type, FIXED64).and_then(|()| reader.fixed64().map(|_| value = Scalar::Other))?,
             // ArrayValue and KeyValueList: `repeated` field 1 of AnyValue / KeyValue.
             5 => {
                 expect(wire_type, LEN)?;
-                for_each_repeated(reader.length_delimited()?, |item| check_any_value(item, depth + 1))?;
+                for_each_repeated(reader.length_delimited()?, |item| {
+                    check_any_value(item, depth + 1).map(drop)
+                })?;
+                value = Scalar::Other;
             }
             6 => {
                 expect(wire_type, LEN)?;
-                for_each_repeated(reader.length_delimited()?, |item| check_key_value(item, depth + 1))?;
+                for_each_repeated(reader.length_delimited()?, |item| {
+                    check_key_value(item, depth + 1).map(drop)
+                })?;
+                value = Scalar::Other;
             }
-            7 => expect(wire_type, LEN).and_then(|()| reader.length_delimited().map(drop))?,
+            7 => expect(wire_type, LEN).and_then(|()| reader.length_delimited().map(|_| value = Scalar::Other))?,
             _ => reader.skip(wire_type)?,
         }
     }
-    Ok(())
+    Ok(value)
 }
 
 /// Calls `each` with every field-1 sub-message of a message whose only known field is `repeated ... = 1`.
@@ -212,7 +226,7 @@ fn check_event(bytes: &[u8]) -> Result<()> {
         match field {
             1 => expect(wire_type, FIXED64).and_then(|()| reader.fixed64().map(drop))?,
             2 => expect(wire_type, LEN).and_then(|()| reader.string().map(drop))?,
-            3 => expect(wire_type, LEN).and_then(|()| check_key_value(reader.length_delimited()?, 0))?,
+            3 => expect(wire_type, LEN).and_then(|()| check_key_value(reader.length_delimited()?, 0).map(drop))?,
             4 => expect(wire_type, VARINT).and_then(|()| reader.varint().map(drop))?,
             _ => reader.skip(wire_type)?,
         }
@@ -228,7 +242,7 @@ fn check_link(bytes: &[u8]) -> Result<()> {
         match field {
             1 | 2 => expect(wire_type, LEN).and_then(|()| reader.length_delimited().map(drop))?,
             3 => expect(wire_type, LEN).and_then(|()| reader.string().map(drop))?,
-            4 => expect(wire_type, LEN).and_then(|()| check_key_value(reader.length_delimited()?, 0))?,
+            4 => expect(wire_type, LEN).and_then(|()| check_key_value(reader.length_delimited()?, 0).map(drop))?,
             5 => expect(wire_type, VARINT).and_then(|()| reader.varint().map(drop))?,
             6 => expect(wire_type, FIXED32).and_then(|()| reader.fixed32().map(drop))?,
             _ => reader.skip(wire_type)?,
@@ -237,38 +251,25 @@ fn check_link(bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// The `service.name` or `k8s.cluster.name` string value of a checked `KeyValue`, if it is one of those.
-fn string_attribute(bytes: &[u8]) -> Result<Option<(&str, &str)>> {
-    let mut reader = Reader::new(bytes);
-    let mut key = "";
-    let mut value = None;
-    while !reader.is_empty() {
-        let (field, wire_type) = reader.key()?;
-        match (field, wire_type) {
-            (1, LEN) => key = reader.string()?,
-            (2, LEN) => {
-                let mut any = Reader::new(reader.length_delimited()?);
-                value = None;
-                while !any.is_empty() {
-                    let (field, wire_type) = any.key()?;
-                    if (field, wire_type) == (1, LEN) {
-                        value = Some(any.string()?);
-                    } else {
-                        value = None;
-                        any.skip(wire_type)?;
-                    }
-                }
-            }
-            _ => reader.skip(wire_type)?,
-        }
+/// Appends a `KeyValue` with a string value, as prost encodes it, as field `field`.
+fn put_string_attribute(out: &mut Vec<u8>, field: u32, key: &str, value: &str) {
+    let mut any = Vec::with_capacity(value.len() + 4);
+    put_len(&mut any, 1, value.as_bytes());
+    let mut pair = Vec::with_capacity(key.len() + any.len() + 8);
+    if !key.is_empty() {
+        put_len(&mut pair, 1, key.as_bytes());
     }
-    Ok(value.map(|value| (key, value)))
+    put_len(&mut pair, 2, &any);
+    put_len(out, field, &pair);
 }
 
 /// Converts a protobuf `ExportTraceServiceRequest` straight from its bytes.
 pub fn convert_protobuf(body: &[u8], config: &ConvertConfig) -> Result<Converted> {
     let mut state = State {
-        converted: Converted::default(),
+        converted: Converted {
+            metrics: config.span_metrics.as_deref().map(RequestMetrics::new),
+            ..Converted::default()
+        },
         rows: BytesMut::with_capacity(body.len() + body.len() / 4),
         resource_days: HashSet::new(),
         detail: Vec::with_capacity(1024),
@@ -327,9 +328,9 @@ impl State<'_> {
         }
 
         // Our `Resource`: attributes (1), dropped count (2), schema URL (3), in field order as prost writes it.
-        let mut body = Vec::new();
+        let mut attributes = Vec::new();
+        let mut facts = ResourceFacts::default();
         let mut dropped = 0u64;
-        let (mut service, mut cluster) = (None, None);
         for resource in resources {
             let mut reader = Reader::new(resource);
             while !reader.is_empty() {
@@ -338,13 +339,9 @@ impl State<'_> {
                     1 => {
                         expect(wire_type, LEN)?;
                         let attribute = reader.length_delimited()?;
-                        check_key_value(attribute, 0)?;
-                        match string_attribute(attribute)? {
-                            Some(("service.name", value)) => service = Some(value),
-                            Some(("k8s.cluster.name", value)) => cluster = Some(value),
-                            _ => {}
-                        }
-                        put_len(&mut body, 1, attribute);
+                        let (key, value) = check_key_value(attribute, 0)?;
+                        facts.observe(key, value);
+                        attributes.push((key, attribute));
                     }
                     2 => expect(wire_type, VARINT)
                         .and_then(|()| reader.varint())
@@ -353,6 +350,19 @@ impl State<'_> {
                 }
             }
         }
+        let outcome = facts.finish();
+        let mut body = Vec::new();
+        for (key, attribute) in attributes {
+            match &outcome.service {
+                Some(service) if outcome.replaces_service && key == "service.name" => {
+                    put_string_attribute(&mut body, 1, key, service);
+                }
+                _ => put_len(&mut body, 1, attribute),
+            }
+        }
+        for (key, value) in &outcome.additions {
+            put_string_attribute(&mut body, 1, key, value);
+        }
         if dropped as u32 != 0 {
             put_key(&mut body, 2, VARINT);
             put_varint(&mut body, u64::from(dropped as u32));
@@ -360,7 +370,12 @@ impl State<'_> {
         if !schema_url.is_empty() {
             put_len(&mut body, 3, schema_url.as_bytes());
         }
-        let info = ResourceInfo::new(service, cluster, Bytes::from(body), self.config);
+        let info = ResourceInfo::new(
+            &outcome,
+            Bytes::from(body),
+            self.config,
+            self.converted.metrics.as_mut(),
+        );
         for scope_spans in scope_spans {
             self.scope_spans(scope_spans, &info)?;
         }
@@ -396,6 +411,7 @@ impl State<'_> {
 
     fn span(&mut self, bytes: &[u8], info: &ResourceInfo, scope: &[u8]) -> Result<()> {
         let mut fields = SpanFields::default();
+        let mut facts = SpanFacts::default();
         let mut reader = Reader::new(bytes);
         while !reader.is_empty() {
             let (field, wire_type) = reader.key()?;
@@ -427,7 +443,8 @@ impl State<'_> {
                 9 => {
                     expect(wire_type, LEN)?;
                     let attribute = reader.length_delimited()?;
-                    check_key_value(attribute, 0)?;
+                    let (key, value) = check_key_value(attribute, 0)?;
+                    facts.observe(key, value);
                     fields.attributes.push(attribute);
                 }
                 10 => expect(wire_type, VARINT)
@@ -483,6 +500,12 @@ impl State<'_> {
         };
         let safe_name = sanitize_text(fields.name);
         let original_name = matches!(safe_name, std::borrow::Cow::Owned(_)).then_some(fields.name);
+        let mut status_code = StatusCode::from_i32(fields.status_code);
+        let derived_message = derived_status(&facts, status_code as i32, fields.status_message);
+        if let Some(message) = &derived_message {
+            status_code = StatusCode::Error;
+            fields.status_message = message;
+        }
         fields.encode_detail(&mut self.detail, scope, original_name);
         let ValidIds {
             trace_id,
@@ -497,8 +520,25 @@ impl State<'_> {
             end_time_unix_nano: fields.end,
             name: &safe_name,
             kind: SpanKind::from_i32(fields.kind),
-            status_code: StatusCode::from_i32(fields.status_code),
+            status_code,
         };
+        if let (Some(metrics), Some(span_metrics)) = (self.converted.metrics.as_mut(), &self.config.span_metrics) {
+            metrics.push(
+                SpanInput {
+                    resource: info.metrics_resource,
+                    linkerd: info.linkerd,
+                    trace_id: &trace_id.0,
+                    span_id: &span_id.0,
+                    parent: parent_span_id.as_ref().map(|id| &id.0),
+                    name: &safe_name,
+                    kind: row.kind as i32,
+                    error: status_code == StatusCode::Error,
+                    duration_ns: fields.end - fields.start,
+                    facts: &facts,
+                },
+                span_metrics.routes(),
+            );
+        }
         let day = info.note_day(
             fields.start,
             &mut self.resource_days,
@@ -651,6 +691,22 @@ mod tests {
     fn leaf_value() -> impl Strategy<Value = any_value::Value> {
         prop_oneof![
             "[a-z0-9/\\x00é]{0,12}".prop_map(any_value::Value::StringValue),
+            prop_oneof![
+                Just("503"),
+                Just("200"),
+                Just("inbound"),
+                Just("outbound"),
+                Just("linkerd-proxy")
+            ]
+            .prop_map(|text| any_value::Value::StringValue(text.to_owned())),
+            prop_oneof![
+                Just("503"),
+                Just("200"),
+                Just("inbound"),
+                Just("outbound"),
+                Just("linkerd-proxy")
+            ]
+            .prop_map(|text| any_value::Value::StringValue(text.to_owned())),
             any::<bool>().prop_map(any_value::Value::BoolValue),
             any::<i64>().prop_map(any_value::Value::IntValue),
             any::<f64>().prop_map(any_value::Value::DoubleValue),
@@ -686,6 +742,13 @@ mod tests {
         let key = prop_oneof![
             Just("service.name".to_owned()),
             Just("k8s.cluster.name".to_owned()),
+            Just("linkerd.io/proxy-deployment".to_owned()),
+            Just("linkerd.io/workload-ns".to_owned()),
+            Just("host.name".to_owned()),
+            Just("http.response.status_code".to_owned()),
+            Just("http.status_code".to_owned()),
+            Just("direction".to_owned()),
+            Just("server.address".to_owned()),
             "[a-z.]{0,10}",
             "[a-z\\x00]{1,5}",
         ];
@@ -820,9 +883,15 @@ mod tests {
     }
 
     fn config() -> ConvertConfig {
+        static METRICS: std::sync::OnceLock<std::sync::Arc<crate::SpanMetrics>> = std::sync::OnceLock::new();
         ConvertConfig {
             cluster_name: Some("fallback".into()),
             catalog: Default::default(),
+            span_metrics: Some(
+                METRICS
+                    .get_or_init(|| crate::SpanMetrics::new(Default::default()))
+                    .clone(),
+            ),
         }
     }
 
@@ -844,6 +913,7 @@ mod tests {
             prop_assert_eq!(resources(&fast), resources(&slow));
             prop_assert_eq!(&fast.encoded.operations, &slow.encoded.operations);
             prop_assert_eq!(&fast.encoded.operation_index, &slow.encoded.operation_index);
+            prop_assert_eq!(&fast.metrics, &slow.metrics);
         }
 
         /// Corrupted bodies are errors or agree with prost on what they hold; they never panic.

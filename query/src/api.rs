@@ -160,6 +160,12 @@ pub(crate) enum QueryError {
     /// Storage failed; the cause has been logged and is never sent to the client.
     #[error("internal error")]
     Internal,
+    /// A feature that needs configuration it does not have.
+    #[error("{0}")]
+    NotImplemented(String),
+    /// The metrics backend failed or answered something unusable.
+    #[error("{0}")]
+    Backend(String),
 }
 
 impl QueryError {
@@ -168,6 +174,8 @@ impl QueryError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NotFound | Self::NoTracesFound => StatusCode::NOT_FOUND,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            Self::Backend(_) => StatusCode::BAD_GATEWAY,
         }
     }
 }

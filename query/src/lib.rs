@@ -3,6 +3,7 @@
 //! * `api`: the axum [`router`], its handlers and the two error envelopes (Jaeger v1 and api_v3).
 //! * [`jaeger`]: a stored trace as Jaeger's v1 "UI JSON" trace.
 //! * [`otlp_json`]: a stored trace back as OTLP `TracesData`, its OTLP/JSON rendering and protobuf encoding.
+//! * `spm`: Jaeger's SPM (Monitor tab) metrics routes, answered by PromQL against VictoriaMetrics.
 //! * [`tempo`]: the Tempo HTTP API subset Grafana's Tempo data source uses ([`tempo_router`]), with
 //!   [`traceql`], the TraceQL subset it parses.
 //!
@@ -13,6 +14,7 @@ pub mod jaeger;
 pub mod otlp_json;
 mod params;
 mod search;
+mod spm;
 pub mod tempo;
 pub mod traceql;
 
@@ -20,4 +22,5 @@ pub mod traceql;
 mod fixtures;
 
 pub use api::router;
+pub use spm::spm_router;
 pub use tempo::tempo_router;

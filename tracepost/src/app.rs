@@ -14,7 +14,9 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracepost_collector::{CollectorMetrics, ConvertConfig, Ingest, OperationCatalog, Pipeline, PipelineConfig};
+use tracepost_collector::{
+    CollectorMetrics, ConvertConfig, Ingest, OperationCatalog, Pipeline, PipelineConfig, RedConfig, SpanMetrics,
+};
 use tracepost_storage::{connect_pool, partitions, schema, DatabaseConfig, Pool, SpanWriter, TraceReader};
 
 /// Which parts of tracepost this process runs.
@@ -58,6 +60,13 @@ pub struct AppConfig {
     pub shutdown_grace: Duration,
     pub partition_days_ahead: i32,
     pub maintenance_interval: Duration,
+    /// RED metrics and service graph computed at ingest (`None`: off).
+    pub span_metrics: Option<RedConfig>,
+    /// Where to push `/metrics` (VictoriaMetrics's `/api/v1/import/prometheus`), if anywhere.
+    pub metrics_push_url: Option<String>,
+    pub metrics_push_interval: Duration,
+    /// The Prometheus-compatible API (VictoriaMetrics) that answers Jaeger SPM queries, if any.
+    pub metrics_query_url: Option<String>,
 }
 
 impl AppConfig {
@@ -79,6 +88,10 @@ impl AppConfig {
             shutdown_grace: Duration::from_secs(25),
             partition_days_ahead: 2,
             maintenance_interval: Duration::from_secs(600),
+            span_metrics: Some(RedConfig::default()),
+            metrics_push_url: None,
+            metrics_push_interval: Duration::from_secs(15),
+            metrics_query_url: None,
         }
     }
 }
@@ -157,11 +170,17 @@ pub async fn start(role: Role, config: AppConfig) -> anyhow::Result<App> {
     let (shutdown, shutdown_signal) = watch::channel(false);
     let mut servers: Vec<JoinHandle<std::io::Result<()>>> = Vec::new();
     let mut app_addrs = (None, None, None, None, None);
+    let mut background: Vec<JoinHandle<()>> = Vec::new();
 
     let mut collector = None;
     if role.collects() {
         if let Err(error) = maintain(&pool, &config).await {
             tracing::warn!(%error, "partition maintenance failed at start; spans go to the default partition");
+        }
+        let span_metrics = config.span_metrics.clone().map(SpanMetrics::new);
+        if let Some(span_metrics) = &span_metrics {
+            registry.register_collector(Box::new(span_metrics.clone()));
+            background.push(tokio::spawn(run_graph_expiry(span_metrics.clone())));
         }
         let writer = Arc::new(SpanWriter::new(pool.clone()));
         let (pipeline, tasks) = Pipeline::start(config.pipeline.clone(), writer, metrics.clone());
@@ -170,6 +189,7 @@ pub async fn start(role: Role, config: AppConfig) -> anyhow::Result<App> {
             ConvertConfig {
                 cluster_name: config.cluster_name.clone(),
                 catalog: Arc::new(OperationCatalog::new(config.max_operations_per_service)),
+                span_metrics,
             },
             metrics.clone(),
             config.max_request_bytes,
@@ -193,6 +213,13 @@ pub async fn start(role: Role, config: AppConfig) -> anyhow::Result<App> {
     }
 
     let registry = Arc::new(registry);
+    if let Some(url) = &config.metrics_push_url {
+        background.push(tokio::spawn(crate::push::run(
+            url.clone(),
+            config.metrics_push_interval,
+            registry.clone(),
+        )));
+    }
     let health = Health {
         pool: pool.clone(),
         ready: ready.clone(),
@@ -207,7 +234,9 @@ pub async fn start(role: Role, config: AppConfig) -> anyhow::Result<App> {
         let listener = bind(config.query_listen, "query").await?;
         app_addrs.2 = Some(listener.local_addr()?);
         let reader = TraceReader::new(pool.clone());
-        let router = tracepost_query::router(reader.clone()).merge(health_routes);
+        let router = tracepost_query::router(reader.clone())
+            .merge(tracepost_query::spm_router(config.metrics_query_url.clone()))
+            .merge(health_routes);
         servers.push(serve(listener, router, shutdown_signal.clone()));
         let tempo = bind(config.tempo_listen, "tempo").await?;
         app_addrs.4 = Some(tempo.local_addr()?);
@@ -233,6 +262,7 @@ pub async fn start(role: Role, config: AppConfig) -> anyhow::Result<App> {
             "shutting down: no new connections, finishing requests in flight"
         );
         let deadline = tokio::time::Instant::now() + grace;
+        background.iter().for_each(JoinHandle::abort);
         let failed_before = collector.as_ref().map_or(0, |(pipeline, _, _)| pipeline.failed_spans());
         let drained = tokio::time::timeout_at(deadline, async {
             for server in &mut servers {
@@ -275,6 +305,16 @@ pub async fn start(role: Role, config: AppConfig) -> anyhow::Result<App> {
         shutdown,
         task,
     })
+}
+
+/// Ends the wait of unpaired service graph spans even when no spans arrive.
+async fn run_graph_expiry(span_metrics: Arc<SpanMetrics>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        span_metrics.expire();
+    }
 }
 
 async fn bind(address: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {

@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod loadgen;
+pub mod push;
 pub mod querybench;
 
 pub use app::{start, App, AppConfig, Role};

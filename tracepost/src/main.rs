@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use tracepost::{loadgen, AppConfig, Role};
-use tracepost_collector::PipelineConfig;
+use tracepost_collector::{PipelineConfig, RedConfig, RouteRules};
 use tracepost_storage::DatabaseConfig;
 
 #[derive(Debug, Parser)]
@@ -124,13 +124,43 @@ struct ServeArgs {
     /// Daily partitions created ahead of today.
     #[arg(long, env = "TRACEPOST_PARTITION_DAYS_AHEAD", default_value_t = 2)]
     partition_days_ahead: i32,
+    /// Do not compute RED metrics and the service graph at ingest.
+    #[arg(long, env = "TRACEPOST_DISABLE_SPAN_METRICS")]
+    disable_span_metrics: bool,
+    /// Distinct service label sets in the RED metrics; further services are counted as `__overflow__`.
+    #[arg(long, env = "TRACEPOST_METRICS_MAX_SERVICES", default_value_t = RedConfig::default().max_services)]
+    metrics_max_services: usize,
+    /// Distinct span names (route templates) per service in the RED metrics; further ones are `__overflow__`.
+    #[arg(long, env = "TRACEPOST_METRICS_MAX_OPERATIONS_PER_SERVICE", default_value_t = RedConfig::default().max_operations_per_service)]
+    metrics_max_operations_per_service: usize,
+    /// Route patterns tried before the built-in placeholders, e.g. `/users/{user}/**` (repeat or comma-separate).
+    #[arg(long = "route-pattern", env = "TRACEPOST_ROUTE_PATTERNS", value_delimiter = ',')]
+    route_patterns: Vec<String>,
+    /// Keep path segments that look like identifiers as they are (only --route-pattern templates).
+    #[arg(long, env = "TRACEPOST_NO_ROUTE_PLACEHOLDERS")]
+    no_route_placeholders: bool,
+    /// How long a client or server span waits for its other half in the service graph.
+    #[arg(long, env = "TRACEPOST_SERVICE_GRAPH_WAIT", default_value = "15s", value_parser = parse_duration)]
+    service_graph_wait: Duration,
+    /// Spans waiting for their other half, at most; further ones are not paired (and counted as dropped).
+    #[arg(long, env = "TRACEPOST_SERVICE_GRAPH_MAX_ITEMS", default_value_t = RedConfig::default().graph_max_items)]
+    service_graph_max_items: usize,
+    /// Push /metrics to this URL (VictoriaMetrics's /api/v1/import/prometheus) as well as serving it.
+    #[arg(long, env = "TRACEPOST_METRICS_PUSH_URL")]
+    metrics_push_url: Option<String>,
+    /// How often to push metrics.
+    #[arg(long, env = "TRACEPOST_METRICS_PUSH_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    metrics_push_interval: Duration,
+    /// Prometheus-compatible query API (VictoriaMetrics) answering Jaeger SPM's /api/metrics/* routes.
+    #[arg(long, env = "TRACEPOST_METRICS_QUERY_URL")]
+    metrics_query_url: Option<String>,
     /// Log format: text or json.
     #[arg(long, env = "TRACEPOST_LOG_FORMAT", default_value = "text")]
     log_format: String,
 }
 
 impl ServeArgs {
-    fn config(&self) -> AppConfig {
+    fn config(&self) -> anyhow::Result<AppConfig> {
         let mut config = AppConfig::new(self.database.config());
         config.otlp_grpc_listen = self.otlp_grpc_listen;
         config.otlp_http_listen = self.otlp_http_listen;
@@ -153,7 +183,23 @@ impl ServeArgs {
             writers: self.writers,
             retry_budget: self.write_retry_budget,
         };
-        config
+        config.span_metrics = if self.disable_span_metrics {
+            None
+        } else {
+            Some(RedConfig {
+                max_services: self.metrics_max_services,
+                max_operations_per_service: self.metrics_max_operations_per_service,
+                graph_wait: self.service_graph_wait,
+                graph_max_items: self.service_graph_max_items,
+                routes: RouteRules::new(&self.route_patterns, !self.no_route_placeholders)
+                    .map_err(|error| anyhow::anyhow!("--route-pattern: {error}"))?,
+                ..RedConfig::default()
+            })
+        };
+        config.metrics_push_url = self.metrics_push_url.clone().filter(|url| !url.is_empty());
+        config.metrics_push_interval = self.metrics_push_interval;
+        config.metrics_query_url = self.metrics_query_url.clone().filter(|url| !url.is_empty());
+        Ok(config)
     }
 }
 
@@ -232,7 +278,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Querybench(args) => return tracepost::querybench::run(args).await,
     };
     init_logging(args.log_format == "json");
-    let app = tracepost::start(role, args.config()).await?;
+    let app = tracepost::start(role, args.config()?).await?;
     tracing::info!(
         role = ?role,
         otlp_grpc = ?app.otlp_grpc_addr,
