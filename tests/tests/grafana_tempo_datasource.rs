@@ -442,10 +442,27 @@ async fn grafana_tempo_data_source_traceql_search() {
     assert!(trace["spanSets"][0]["spans"][0]["startTimeUnixNano"].is_string());
     assert!(body["metrics"]["inspectedTraces"].as_u64() >= Some(1), "{body}");
 
-    // A query no single span satisfies: frontend spans have no error status.
-    let none = ok_json(&url(
+    // frontend's root span answered HTTP 503 with its status UNSET: tracepost stores it as an error.
+    let derived = ok_json(&url(
         &fixture,
         &search_path(r#"{resource.service.name="frontend" && status=error}"#, start, end),
+    ))
+    .await;
+    let spans = &derived["traces"][0]["spanSets"][0]["spans"];
+    assert_eq!(spans.as_array().map(Vec::len), Some(1), "{derived}");
+    assert_eq!(spans[0]["name"], "GET /cart");
+    assert_eq!(
+        spans[0]["attributes"],
+        json!([
+            {"key": "service.name", "value": {"stringValue": "frontend"}},
+            {"key": "status", "value": {"stringValue": "error"}}
+        ])
+    );
+
+    // A query no single span satisfies: no frontend span has status OK.
+    let none = ok_json(&url(
+        &fixture,
+        &search_path(r#"{resource.service.name="frontend" && status=ok}"#, start, end),
     ))
     .await;
     assert_eq!(none["traces"], json!([]), "{none}");

@@ -3,7 +3,7 @@
 
 mod support;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use support::*;
 
 fn tag<'a>(span: &'a Value, key: &str) -> &'a Value {
@@ -217,15 +217,24 @@ async fn linkerd_proxy_spans_of_both_generations_are_stored_with_their_cluster()
         .await
         .expect("query");
     let summary: Vec<(String, String, i64)> = rows.iter().map(|row| (row.get(0), row.get(1), row.get(2))).collect();
-    // 2.19 proxies carry k8s.cluster.name; 2.17 proxies do not, so --cluster-name applies.
+    // 2.19 proxies carry k8s.cluster.name; 2.17 proxies do not, so --cluster-name applies. 2.17 proxies all
+    // say service.name=linkerd-proxy: the service is derived from linkerd.io/proxy-deployment.
     assert_eq!(
         summary,
         vec![
             ("harbor-core".into(), "apps".into(), 2),
+            ("harbor-core".into(), "infra".into(), 2),
             ("harbor-jobservice".into(), "apps".into(), 2),
-            ("linkerd-proxy".into(), "infra".into(), 4),
+            ("harbor-jobservice".into(), "infra".into(), 2),
         ]
     );
+    // Stored with status ERROR (the proxies sent UNSET and a 503), the origin named in the status message.
+    let errors: i64 = client
+        .query_one("SELECT count(*) FROM spans WHERE status = 2", &[])
+        .await
+        .expect("query")
+        .get(0);
+    assert_eq!(errors, 8);
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let (status, body) = get_json(&query_url(&app, &format!("/api/traces/{trace_id}"))).await;
     assert_eq!(status, 200);
@@ -241,6 +250,55 @@ async fn linkerd_proxy_spans_of_both_generations_are_stored_with_their_cluster()
         status_tag["type"], "string",
         "Linkerd sends every attribute as a string"
     );
+    let tag = |span: &Value, key: &str| {
+        span["tags"]
+            .as_array()
+            .and_then(|tags| tags.iter().find(|tag| tag["key"] == key))
+            .map(|tag| tag["value"].clone())
+    };
+    for span in spans {
+        assert_eq!(tag(span, "error"), Some(Value::Bool(true)), "{span}");
+        let message = tag(span, "otel.status_description").expect("status message");
+        assert!(
+            message == "tracepost: error derived from http.response.status_code=503"
+                || message == "tracepost: error derived from http.status_code=503",
+            "{message}"
+        );
+    }
+    // What was derived is visible in the process tags, next to the originals.
+    let processes = body["data"][0]["processes"].as_object().expect("processes");
+    let derived_core = processes
+        .values()
+        .find(|process| {
+            process["tags"]
+                .as_array()
+                .is_some_and(|tags| tags.iter().any(|tag| tag["key"] == "tracepost.original.service.name"))
+        })
+        .expect("a 2.17 process keeps its original service name");
+    let process_tag = |key: &str| {
+        derived_core["tags"]
+            .as_array()
+            .and_then(|tags| tags.iter().find(|tag| tag["key"] == key))
+            .map(|tag| tag["value"].clone())
+    };
+    assert_eq!(
+        process_tag("tracepost.original.service.name"),
+        Some(json!("linkerd-proxy"))
+    );
+    assert_eq!(
+        process_tag("tracepost.derived"),
+        Some(json!("service.name,k8s.pod.name,k8s.namespace.name"))
+    );
+    assert_eq!(process_tag("k8s.namespace.name"), Some(json!("harbor")));
+    assert!(process_tag("host.name").is_some(), "the original host.name stays");
+    // Jaeger search for error=true finds the hop.
+    let (status, found) = get_json(&query_url(
+        &app,
+        r#"/api/traces?service=harbor-core&tags=%7B%22error%22%3A%22true%22%7D&start=1795296400000000&end=1795303600000000"#,
+    ))
+    .await;
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(found["data"][0]["traceID"], trace_id, "{found}");
     app.stop().await.expect("clean shutdown");
 }
 

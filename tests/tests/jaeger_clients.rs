@@ -83,10 +83,18 @@ async fn grafana_jaeger_data_source_test_search_trace_view_and_node_graph() {
         "the retried span appears once"
     );
 
-    // A tag that only the other service's span has does not match a frontend span.
-    let miss = ok_json(&url(
+    // frontend's root span answered HTTP 503 with an UNSET status: tracepost stored it as an error, so
+    // `error=true` finds the trace through frontend too.
+    let derived = ok_json(&url(
         &fixture,
         &format!("/api/traces?end={end}&service=frontend&start={start}&tags=%7B%22error%22%3A%22true%22%7D"),
+    ))
+    .await;
+    assert_eq!(derived["data"][0]["traceID"], fixture.two.trace_id(), "{derived}");
+    // A tag value no frontend span has does not match.
+    let miss = ok_json(&url(
+        &fixture,
+        &format!("/api/traces?end={end}&service=frontend&start={start}&tags=%7B%22http.response.status_code%22%3A%22200%22%7D"),
     ))
     .await;
     assert_eq!(miss["data"], json!([]));
@@ -240,11 +248,11 @@ async fn jaeger_ui_from_2_19_services_operations_and_trace_summaries() {
     assert_eq!(summary["rootServiceName"], "frontend");
     assert_eq!(summary["rootOperationName"], "GET /cart");
     assert_eq!(summary["spanCount"], 3);
-    assert_eq!(summary["errorSpanCount"], 1);
+    assert_eq!(summary["errorSpanCount"], 2, "cart's error and frontend's derived 503");
     assert_eq!(summary["orphanSpanCount"], 0);
     assert_eq!(
         summary["services"],
-        json!([{"name": "frontend", "spanCount": 2, "errorSpanCount": 0}, {"name": "cart", "spanCount": 1, "errorSpanCount": 1}])
+        json!([{"name": "frontend", "spanCount": 2, "errorSpanCount": 1}, {"name": "cart", "spanCount": 1, "errorSpanCount": 1}])
     );
     assert!(summary["minStartTimeUnixNano"]
         .as_str()
