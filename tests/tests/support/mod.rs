@@ -14,6 +14,8 @@ use opentelemetry_sdk::Resource;
 use tracepost::{App, AppConfig, Role};
 use tracepost_storage::DatabaseConfig;
 
+pub mod victoria_metrics;
+
 /// The PostgreSQL server tests create their databases on: `TRACEPOST_TEST_DATABASE_URL`, or else a private
 /// cluster started by `scripts/pg-cluster.sh` (never the system's).
 pub fn admin_url() -> String {
