@@ -76,13 +76,18 @@ if [[ $trace != 200* || $trace != *"\"traceID\":\"$trace_id\""* ]]; then
     echo "the demo trace $trace_id could not be read back: ${trace:0:300}" >&2
     exit 1
 fi
+metrics=$(http_get "$query_port" /metrics)
+if [[ $metrics != *'traces_span_metrics_calls_total{'* || $metrics != *'traces_service_graph_request_total{'* ]]; then
+    echo "no RED metrics or service graph on /metrics" >&2
+    exit 1
+fi
 
 cat <<MSG
 
 tracepost is running (log: $log)
   open a trace (Jaeger JSON):   http://127.0.0.1:$query_port/api/traces/$trace_id
   the same trace as OTLP JSON:  http://127.0.0.1:$query_port/api/v3/traces/$trace_id
-  tracepost's own metrics:      http://127.0.0.1:$query_port/metrics
+  RED metrics, service graph:   http://127.0.0.1:$query_port/metrics (traces_span_metrics_*, traces_service_graph_*)
   send OTLP to:                 grpc 127.0.0.1:$grpc_port, http http://127.0.0.1:$http_port/v1/traces
   Grafana: add a Jaeger data source with URL http://<this host>:$query_port
            or a Tempo data source with URL http://<this host>:$tempo_port
@@ -92,7 +97,7 @@ if [[ $smoke == yes ]]; then
     trap - EXIT INT TERM
     kill -TERM "$pid"
     if wait "$pid"; then
-        echo "==> smoke run passed: demo trace served, tracepost stopped cleanly"
+        echo "==> smoke run passed: demo trace and RED metrics served, tracepost stopped cleanly"
     else
         echo "tracepost did not stop cleanly:" >&2
         cat "$log" >&2

@@ -213,10 +213,19 @@ impl<'a> SpanFacts<'a> {
                 }
             }
             _ => {
-                if let Some(index) = PEER_ATTRIBUTES.iter().position(|peer| *peer == key) {
-                    if let Some(text) = value.as_str() {
-                        self.peers[index] = Some(text);
-                    }
+                let index = match key {
+                    "peer.service" => 0,
+                    "db.name" => 1,
+                    "db.namespace" => 2,
+                    "db.system" => 3,
+                    "server.address" => 4,
+                    "net.peer.name" => 5,
+                    "http.authority" => 6,
+                    _ => return,
+                };
+                debug_assert_eq!(PEER_ATTRIBUTES[index], key);
+                if let Some(text) = value.as_str() {
+                    self.peers[index] = Some(text);
                 }
             }
         }

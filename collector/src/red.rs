@@ -16,7 +16,7 @@
 //! being counted twice.
 
 use std::collections::hash_map::{Entry, RandomState};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -49,8 +49,8 @@ pub struct RedConfig {
     /// How long a client or server span waits for its other half.
     pub graph_wait: Duration,
     pub graph_max_items: usize,
-    /// Span IDs remembered to recognise a re-sent export (rounded up to a multiple of 4).
-    pub seen_capacity: usize,
+    /// Requests remembered to recognise a re-sent export.
+    pub recent_requests: usize,
     pub routes: RouteRules,
 }
 
@@ -62,7 +62,7 @@ impl Default for RedConfig {
             max_virtual_nodes: 1000,
             graph_wait: Duration::from_secs(15),
             graph_max_items: 100_000,
-            seen_capacity: 1 << 20,
+            recent_requests: 65_536,
             routes: RouteRules::default(),
         }
     }
@@ -94,7 +94,7 @@ enum EdgeRole {
 /// One committed span, reduced to what the metrics need.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct MetricSpan {
-    /// Fingerprint of (trace ID, span ID): the dedup key and a client half's pairing key.
+    /// Fingerprint of (trace ID, span ID): a client half's pairing key.
     id: u64,
     /// Fingerprint of (trace ID, parent span ID), 0 for a root: a server half's pairing key.
     parent: u64,
@@ -119,6 +119,8 @@ pub struct RequestMetrics {
     by_raw: HashMap<String, u32>,
     spans: Vec<MetricSpan>,
     seed: u64,
+    /// Order-independent fingerprint of the request's (trace ID, span ID) pairs: a re-sent export has the same.
+    fingerprint: u64,
 }
 
 /// The span's facts that conversion hands to [`RequestMetrics::push`].
@@ -187,8 +189,12 @@ impl RequestMetrics {
         } else {
             u32::MAX
         };
+        let id = fingerprint(self.seed, span.trace_id, span.span_id);
+        self.fingerprint = self
+            .fingerprint
+            .wrapping_add(id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ id.rotate_left(29));
         self.spans.push(MetricSpan {
-            id: fingerprint(self.seed, span.trace_id, span.span_id),
+            id,
             parent: span
                 .parent
                 .map_or(0, |parent| fingerprint(self.seed, span.trace_id, parent)),
@@ -303,7 +309,6 @@ struct Half {
 enum Pending {
     Client(Half),
     Server(Half),
-    Absorbed,
 }
 
 /// The spans waiting for their other half, oldest first.
@@ -342,30 +347,91 @@ impl std::hash::Hasher for PassThroughHasher {
     }
 }
 
-/// Remembers recently counted span fingerprints in 4-way buckets (the oldest of a bucket is forgotten first).
-#[derive(Debug)]
-struct Seen {
-    buckets: Vec<[u64; 4]>,
+/// The fingerprints of the last requests counted, to recognise a re-sent export.
+#[derive(Debug, Default)]
+struct RecentRequests {
+    set: HashSet<u64, PassThrough>,
+    order: VecDeque<u64>,
 }
 
-impl Seen {
-    fn new(capacity: usize) -> Self {
-        let buckets = capacity.div_ceil(4).max(1).next_power_of_two();
+impl RecentRequests {
+    /// Whether `fingerprint` is new; remembers it (forgetting the oldest beyond `capacity`).
+    fn insert(&mut self, fingerprint: u64, capacity: usize) -> bool {
+        if !self.set.insert(fingerprint) {
+            return false;
+        }
+        self.order.push_back(fingerprint);
+        while self.order.len() > capacity {
+            if let Some(oldest) = self.order.pop_front() {
+                self.set.remove(&oldest);
+            }
+        }
+        true
+    }
+}
+
+/// Parents of Linkerd outbound-proxy SERVER spans: an application CLIENT span among them called through its
+/// proxy, whose own spans make the edge. A direct-mapped table (newer entries overwrite older ones), 2 MiB.
+#[derive(Debug)]
+struct Absorbed {
+    slots: Vec<u64>,
+}
+
+impl Absorbed {
+    const SLOTS: usize = 1 << 18;
+
+    fn new() -> Self {
         Self {
-            buckets: vec![[0; 4]; buckets],
+            slots: vec![0; Self::SLOTS],
         }
     }
 
-    /// Whether `id` is new; remembers it.
-    fn insert(&mut self, id: u64) -> bool {
-        let mask = self.buckets.len() - 1;
-        let bucket = &mut self.buckets[(id >> 7) as usize & mask];
-        if bucket.contains(&id) {
-            return false;
+    fn insert(&mut self, key: u64) {
+        self.slots[(key >> 11) as usize & (Self::SLOTS - 1)] = key;
+    }
+
+    fn contains(&self, key: u64) -> bool {
+        self.slots[(key >> 11) as usize & (Self::SLOTS - 1)] == key
+    }
+}
+
+/// A fast hasher for tracepost's own small integer keys (never for client-controlled strings).
+#[derive(Clone, Copy, Debug, Default)]
+struct IntHash;
+
+impl BuildHasher for IntHash {
+    type Hasher = IntHasher;
+    fn build_hasher(&self) -> IntHasher {
+        IntHasher(0)
+    }
+}
+
+#[derive(Debug)]
+struct IntHasher(u64);
+
+impl std::hash::Hasher for IntHasher {
+    fn finish(&self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 32;
+        x = x.wrapping_mul(0xd6e8_feb8_6659_fd93);
+        x ^ (x >> 32)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.write_u64(u64::from(*byte));
         }
-        bucket.copy_within(0..3, 1);
-        bucket[0] = id;
-        true
+    }
+    fn write_u8(&mut self, value: u8) {
+        self.write_u64(u64::from(value));
+    }
+    fn write_u32(&mut self, value: u32) {
+        self.write_u64(u64::from(value));
+    }
+    fn write_u64(&mut self, value: u64) {
+        self.0 = (self.0.rotate_left(5) ^ value).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    fn write_usize(&mut self, value: usize) {
+        self.write_u64(value as u64);
     }
 }
 
@@ -377,11 +443,12 @@ struct State {
     virtual_nodes: usize,
     routes: Vec<String>,
     /// Per node, its routes by name.
-    node_routes: HashMap<u32, HashMap<String, u32>>,
-    series: HashMap<SeriesKey, Histogram>,
+    node_routes: HashMap<u32, HashMap<String, u32>, IntHash>,
+    series: HashMap<SeriesKey, Histogram, IntHash>,
     edges: HashMap<EdgeKey, Edge>,
     pairing: Pairing,
-    seen: Seen,
+    recent: RecentRequests,
+    absorbed: Absorbed,
     duplicates: u64,
     unpaired: u64,
     dropped: u64,
@@ -413,11 +480,12 @@ impl SpanMetrics {
             services: 0,
             virtual_nodes: 0,
             routes: Vec::new(),
-            node_routes: HashMap::new(),
-            series: HashMap::new(),
+            node_routes: HashMap::default(),
+            series: HashMap::default(),
             edges: HashMap::new(),
             pairing: Pairing::default(),
-            seen: Seen::new(config.seen_capacity),
+            recent: RecentRequests::default(),
+            absorbed: Absorbed::new(),
             duplicates: 0,
             unpaired: 0,
             dropped: 0,
@@ -444,17 +512,17 @@ impl SpanMetrics {
         let config = &self.config;
         let mut state = self.lock();
         let state = &mut *state;
+        if !state.recent.insert(request.fingerprint, config.recent_requests) {
+            state.duplicates += request.spans.len() as u64;
+            return;
+        }
         let nodes: Vec<u32> = request
             .resources
             .iter()
             .map(|node| state.node(node, false, config))
             .collect();
-        let mut routes: HashMap<(u32, u32), u32> = HashMap::new();
+        let mut routes: HashMap<(u32, u32), u32, IntHash> = HashMap::default();
         for span in &request.spans {
-            if !state.seen.insert(span.id) {
-                state.duplicates += 1;
-                continue;
-            }
             let node = nodes[span.resource as usize];
             if span.counted {
                 let route = *routes
@@ -501,7 +569,7 @@ impl SpanMetrics {
                     edge.server.observe(span.duration_ns);
                 }
                 EdgeRole::Server => state.pair(span.parent, Pending::Server(half(u32::MAX)), now, config),
-                EdgeRole::Absorb => state.pair(span.parent, Pending::Absorbed, now, config),
+                EdgeRole::Absorb => state.absorb(span.parent),
             }
         }
         state.expire(now, config);
@@ -509,7 +577,12 @@ impl SpanMetrics {
 
     /// Ends the wait of spans older than the configured wait (unpaired clients become edges to virtual nodes).
     pub fn expire(&self) {
-        self.lock().expire(Instant::now(), &self.config);
+        self.expire_at(Instant::now());
+    }
+
+    /// [`SpanMetrics::expire`] as if it were `now`.
+    pub fn expire_at(&self, now: Instant) {
+        self.lock().expire(now, &self.config);
     }
 
     /// Every edge of the graph between real services as (client, server), sorted (for tests and checks).
@@ -620,7 +693,21 @@ impl State {
             .or_default()
     }
 
+    /// A Linkerd outbound proxy's SERVER span: its parent, an application's CLIENT span, is no edge.
+    fn absorb(&mut self, parent: u64) {
+        if parent == 0 {
+            return;
+        }
+        self.absorbed.insert(parent);
+        if let Some((_, Pending::Client(_))) = self.pairing.waiting.get(&parent) {
+            self.pairing.waiting.remove(&parent);
+        }
+    }
+
     fn pair(&mut self, key: u64, half: Pending, now: Instant, config: &RedConfig) {
+        if matches!(half, Pending::Client(_)) && self.absorbed.contains(key) {
+            return;
+        }
         let full = self.pairing.waiting.len() >= config.graph_max_items;
         match self.pairing.waiting.entry(key) {
             Entry::Occupied(entry) => {
@@ -628,10 +715,6 @@ impl State {
                 let (client, server) = match (waiting, half) {
                     (Pending::Client(client), Pending::Server(server))
                     | (Pending::Server(server), Pending::Client(client)) => (client, server),
-                    (Pending::Client(_), Pending::Absorbed) | (Pending::Absorbed, Pending::Client(_)) => {
-                        entry.remove();
-                        return;
-                    }
                     // The same half again (a duplicate the filter forgot) or a server span whose parent has
                     // two server children: keep the first.
                     _ => return,
@@ -673,6 +756,7 @@ impl State {
             }
             self.pairing.waiting.remove(&key);
             match waiting {
+                Pending::Client(_) if self.absorbed.contains(key) => {}
                 Pending::Client(client) => {
                     self.expired_clients += 1;
                     let server = if client.peer == u32::MAX {
@@ -685,7 +769,6 @@ impl State {
                     edge.client.observe(client.duration_ns);
                 }
                 Pending::Server(_) => self.unpaired += 1,
-                Pending::Absorbed => {}
             }
         }
     }
@@ -1040,9 +1123,9 @@ mod tests {
                 metrics.service_edges(),
                 [("harbor-jobservice".to_owned(), "harbor-core".to_owned())]
             );
-            // The caller's own span (the hop's parent) never arrives; the outbound proxy absorbed it, so once
-            // the wait is over nothing else is waiting.
-            assert_eq!(sample(&text, "tracepost_service_graph_pending_spans", &[]), Some(1.0));
+            // Nothing waits: the proxy pair made the edge, and the caller's own span (the hop's parent), had
+            // it come, would have been absorbed by the outbound proxy's span.
+            assert_eq!(sample(&text, "tracepost_service_graph_pending_spans", &[]), Some(0.0));
         }
     }
 
@@ -1244,5 +1327,70 @@ mod tests {
             .sum();
         assert_eq!(total, 100_000.0, "nothing is lost to the caps");
         assert!(metrics.series_count() <= 4 * 51 * 2 * 2 + 4 * 10);
+    }
+
+    #[test]
+    fn an_application_client_span_sent_through_its_linkerd_proxy_is_no_edge_of_its_own() {
+        for proxy_first in [false, true] {
+            let metrics = SpanMetrics::new(RedConfig::default());
+            let app = export(
+                "web",
+                "apps",
+                vec![span(
+                    5,
+                    1,
+                    None,
+                    3,
+                    "GET",
+                    &[("server.address", "registry.registry.svc")],
+                )],
+            );
+            let mut proxy = export(
+                "linkerd-proxy",
+                "apps",
+                vec![span(5, 2, Some(1), 2, "/v2/", &[("direction", "outbound")])],
+            );
+            if let Some(resource) = proxy.resource_spans[0].resource.as_mut() {
+                resource.attributes.push(string("linkerd.io/proxy-deployment", "web"));
+            }
+            if proxy_first {
+                ingest(&metrics, proxy);
+                ingest(&metrics, app);
+            } else {
+                ingest(&metrics, app);
+                ingest(&metrics, proxy);
+            }
+            metrics.expire_at(Instant::now() + Duration::from_secs(60));
+            let text = exposition(&metrics);
+            assert!(!text.contains("traces_service_graph_request_total{"), "{text}");
+            assert_eq!(sample(&text, "tracepost_service_graph_pending_spans", &[]), Some(0.0));
+            // Without the proxy span, the same client span becomes an edge to a virtual node.
+            let metrics = SpanMetrics::new(RedConfig::default());
+            ingest(
+                &metrics,
+                export(
+                    "web",
+                    "apps",
+                    vec![span(
+                        5,
+                        1,
+                        None,
+                        3,
+                        "GET",
+                        &[("server.address", "registry.registry.svc")],
+                    )],
+                ),
+            );
+            metrics.expire_at(Instant::now() + Duration::from_secs(60));
+            let text = exposition(&metrics);
+            assert_eq!(
+                sample(
+                    &text,
+                    "traces_service_graph_request_total",
+                    &[("client", "web"), ("server", "registry.registry.svc")]
+                ),
+                Some(1.0)
+            );
+        }
     }
 }
