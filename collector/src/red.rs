@@ -12,8 +12,8 @@
 //! Bounded everywhere: at most `max_services` service label sets (then `__overflow__`), at most
 //! `max_operations_per_service` span names per service (then `__overflow__`), at most `max_virtual_nodes`
 //! virtual peers, at most `graph_max_items` spans waiting for their other half, each for at most
-//! `graph_wait`, and a fixed-size filter of recently counted span IDs that keeps a re-sent export from
-//! being counted twice.
+//! `graph_wait`, and a fingerprint of each of the last `recent_requests` counted requests that keeps a
+//! re-sent export from being counted twice.
 
 use std::collections::hash_map::{Entry, RandomState};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -712,12 +712,12 @@ impl State {
         match self.pairing.waiting.entry(key) {
             Entry::Occupied(entry) => {
                 let (_, waiting) = *entry.get();
-                let (client, server) = match (waiting, half) {
-                    (Pending::Client(client), Pending::Server(server))
-                    | (Pending::Server(server), Pending::Client(client)) => (client, server),
-                    // The same half again (a duplicate the filter forgot) or a server span whose parent has
-                    // two server children: keep the first.
-                    _ => return,
+                // The same half again (a re-send the request check missed) or a server span whose parent
+                // has two server children: keep the first.
+                let ((Pending::Client(client), Pending::Server(server))
+                | (Pending::Server(server), Pending::Client(client))) = (waiting, half)
+                else {
+                    return;
                 };
                 entry.remove();
                 let connection = if client.messaging || server.messaging {
