@@ -104,7 +104,15 @@ impl Converted {
 /// Converts and encodes a decoded request, consuming it.
 pub fn convert_request(request: ExportTraceServiceRequest, config: &ConvertConfig) -> Converted {
     let mut converted = Converted {
-        metrics: config.span_metrics.as_deref().map(RequestMetrics::new),
+        metrics: config.span_metrics.as_deref().map(|metrics| {
+            let spans = request
+                .resource_spans
+                .iter()
+                .flat_map(|resource| &resource.scope_spans)
+                .map(|scope| scope.spans.len())
+                .sum();
+            RequestMetrics::new(metrics, spans)
+        }),
         ..Converted::default()
     };
     let mut rows = BytesMut::new();

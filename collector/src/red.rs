@@ -31,6 +31,10 @@ use prometheus_client::registry::Unit;
 use crate::normalize::{Direction, SpanFacts};
 use crate::routes::RouteRules;
 
+/// foldhash, seeded per process: fast on short keys and minimally resistant to chosen collisions, which is
+/// what maps keyed by client-supplied names (bounded per request or by the label caps) need.
+type FastHash = foldhash::fast::RandomState;
+
 /// The label value that stands for everything beyond a cap.
 pub const OVERFLOW: &str = "__overflow__";
 
@@ -115,8 +119,11 @@ struct MetricSpan {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct RequestMetrics {
     resources: Vec<Node>,
+    /// Route templates and peer names, each once.
     names: Vec<String>,
-    by_raw: HashMap<String, u32>,
+    by_name: HashMap<String, u32, FastHash>,
+    /// Reused for templating (always empty between spans).
+    scratch: String,
     spans: Vec<MetricSpan>,
     seed: u64,
     /// Order-independent fingerprint of the request's (trace ID, span ID) pairs: a re-sent export has the same.
@@ -138,9 +145,11 @@ pub(crate) struct SpanInput<'a, 'f> {
 }
 
 impl RequestMetrics {
-    pub(crate) fn new(metrics: &SpanMetrics) -> Self {
+    /// A request's metrics, with room for `spans` spans.
+    pub(crate) fn new(metrics: &SpanMetrics, spans: usize) -> Self {
         Self {
             seed: metrics.seed,
+            spans: Vec::with_capacity(spans),
             ..Self::default()
         }
     }
@@ -155,17 +164,27 @@ impl RequestMetrics {
         (self.resources.len() - 1) as u32
     }
 
-    fn intern(&mut self, raw: &str, routes: Option<&RouteRules>) -> u32 {
-        if let Some(index) = self.by_raw.get(raw) {
+    /// The index of `value` in the request's names.
+    fn intern(&mut self, value: &str) -> u32 {
+        if let Some(index) = self.by_name.get(value) {
             return *index;
         }
-        let value = match routes {
-            Some(routes) => routes.template(raw).into_owned(),
-            None => raw.to_owned(),
-        };
         let index = self.names.len() as u32;
-        self.names.push(value);
-        self.by_raw.insert(raw.to_owned(), index);
+        self.names.push(value.to_owned());
+        self.by_name.insert(value.to_owned(), index);
+        index
+    }
+
+    /// The index of the route template of the span name `raw` in the request's names.
+    fn intern_route(&mut self, raw: &str, routes: &RouteRules) -> u32 {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let index = if routes.template_into(raw, &mut scratch) {
+            self.intern(&scratch)
+        } else {
+            self.intern(raw)
+        };
+        scratch.clear();
+        self.scratch = scratch;
         index
     }
 
@@ -183,9 +202,9 @@ impl RequestMetrics {
             EdgeRole::Client => span.facts.peer(),
             _ => None,
         };
-        let peer = peer.map_or(u32::MAX, |peer| self.intern(peer, None));
+        let peer = peer.map_or(u32::MAX, |peer| self.intern(peer));
         let name = if counted {
-            self.intern(span.name, Some(routes))
+            self.intern_route(span.name, routes)
         } else {
             u32::MAX
         };
@@ -395,57 +414,17 @@ impl Absorbed {
     }
 }
 
-/// A fast hasher for tracepost's own small integer keys (never for client-controlled strings).
-#[derive(Clone, Copy, Debug, Default)]
-struct IntHash;
-
-impl BuildHasher for IntHash {
-    type Hasher = IntHasher;
-    fn build_hasher(&self) -> IntHasher {
-        IntHasher(0)
-    }
-}
-
-#[derive(Debug)]
-struct IntHasher(u64);
-
-impl std::hash::Hasher for IntHasher {
-    fn finish(&self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 32;
-        x = x.wrapping_mul(0xd6e8_feb8_6659_fd93);
-        x ^ (x >> 32)
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.write_u64(u64::from(*byte));
-        }
-    }
-    fn write_u8(&mut self, value: u8) {
-        self.write_u64(u64::from(value));
-    }
-    fn write_u32(&mut self, value: u32) {
-        self.write_u64(u64::from(value));
-    }
-    fn write_u64(&mut self, value: u64) {
-        self.0 = (self.0.rotate_left(5) ^ value).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-    fn write_usize(&mut self, value: usize) {
-        self.write_u64(value as u64);
-    }
-}
-
 #[derive(Debug)]
 struct State {
     nodes: Vec<Node>,
-    node_index: HashMap<Node, u32>,
+    node_index: HashMap<Node, u32, FastHash>,
     services: usize,
     virtual_nodes: usize,
     routes: Vec<String>,
     /// Per node, its routes by name.
-    node_routes: HashMap<u32, HashMap<String, u32>, IntHash>,
-    series: HashMap<SeriesKey, Histogram, IntHash>,
-    edges: HashMap<EdgeKey, Edge>,
+    node_routes: HashMap<u32, HashMap<String, u32, FastHash>, FastHash>,
+    series: HashMap<SeriesKey, Histogram, FastHash>,
+    edges: HashMap<EdgeKey, Edge, FastHash>,
     pairing: Pairing,
     recent: RecentRequests,
     absorbed: Absorbed,
@@ -476,13 +455,13 @@ impl SpanMetrics {
     pub fn new(config: RedConfig) -> Arc<Self> {
         let state = State {
             nodes: Vec::new(),
-            node_index: HashMap::new(),
+            node_index: HashMap::default(),
             services: 0,
             virtual_nodes: 0,
             routes: Vec::new(),
             node_routes: HashMap::default(),
             series: HashMap::default(),
-            edges: HashMap::new(),
+            edges: HashMap::default(),
             pairing: Pairing::default(),
             recent: RecentRequests::default(),
             absorbed: Absorbed::new(),
@@ -521,7 +500,8 @@ impl SpanMetrics {
             .iter()
             .map(|node| state.node(node, false, config))
             .collect();
-        let mut routes: HashMap<(u32, u32), u32, IntHash> = HashMap::default();
+        let mut routes: HashMap<(u32, u32), u32, FastHash> = HashMap::default();
+        let mut peers = PeerNodes::default();
         for span in &request.spans {
             let node = nodes[span.resource as usize];
             if span.counted {
@@ -549,21 +529,22 @@ impl SpanMetrics {
             match span.edge {
                 EdgeRole::None => {}
                 EdgeRole::Database => {
-                    let name = span.peer_name(&request).unwrap_or("unknown");
-                    let server = state.virtual_node(name, config);
+                    let server = peers.node(state, &request, span.peer, "unknown", config);
                     let edge = state.edge(node, server, Connection::Database);
                     edge.count(span.error);
                     edge.client.observe(span.duration_ns);
                     edge.server.observe(span.duration_ns);
                 }
                 EdgeRole::Client => {
-                    let peer = span
-                        .peer_name(&request)
-                        .map_or(u32::MAX, |name| state.virtual_node(name, config));
+                    let peer = if span.peer == u32::MAX {
+                        u32::MAX
+                    } else {
+                        peers.node(state, &request, span.peer, "unknown", config)
+                    };
                     state.pair(span.id, Pending::Client(half(peer)), now, config);
                 }
                 EdgeRole::Server if span.parent == 0 => {
-                    let user = state.virtual_node("user", config);
+                    let user = peers.node(state, &request, u32::MAX, "user", config);
                     let edge = state.edge(user, node, Connection::Virtual);
                     edge.count(span.error);
                     edge.server.observe(span.duration_ns);
@@ -611,9 +592,41 @@ impl SpanMetrics {
     }
 }
 
-impl MetricSpan {
-    fn peer_name<'r>(&self, request: &'r RequestMetrics) -> Option<&'r str> {
-        (self.peer != u32::MAX).then(|| request.names[self.peer as usize].as_str())
+/// A request's virtual peer nodes, each looked up once per request rather than once per span.
+#[derive(Default)]
+struct PeerNodes {
+    /// By the request's name index, `u32::MAX` until looked up.
+    by_name: Vec<u32>,
+    /// The node named by the fallback (`unknown` or `user`), with its name.
+    fallback: Vec<(&'static str, u32)>,
+}
+
+impl PeerNodes {
+    /// The virtual node of the request's name `name` (`u32::MAX`: the node called `fallback`).
+    fn node(
+        &mut self,
+        state: &mut State,
+        request: &RequestMetrics,
+        name: u32,
+        fallback: &'static str,
+        config: &RedConfig,
+    ) -> u32 {
+        if name == u32::MAX {
+            if let Some((_, node)) = self.fallback.iter().find(|(known, _)| *known == fallback) {
+                return *node;
+            }
+            let node = state.virtual_node(fallback, config);
+            self.fallback.push((fallback, node));
+            return node;
+        }
+        if self.by_name.is_empty() {
+            self.by_name = vec![u32::MAX; request.names.len()];
+        }
+        let slot = &mut self.by_name[name as usize];
+        if *slot == u32::MAX {
+            *slot = state.virtual_node(&request.names[name as usize], config);
+        }
+        *slot
     }
 }
 
@@ -738,6 +751,15 @@ impl State {
                 self.pairing.sequence += 1;
                 entry.insert((self.pairing.sequence, half));
                 self.pairing.order.push_back((now, key, self.pairing.sequence));
+                // Paired spans leave `waiting` at once but their place in `order` only when their wait would
+                // have ended: drop those places when they outnumber the waiting spans, so that the queue too
+                // is bounded by `graph_max_items`, not by the span rate times the wait.
+                if self.pairing.order.len() > 2 * config.graph_max_items.max(1) {
+                    let waiting = &self.pairing.waiting;
+                    self.pairing
+                        .order
+                        .retain(|(_, key, sequence)| waiting.get(key).is_some_and(|(current, _)| current == sequence));
+                }
             }
         }
     }
@@ -1246,6 +1268,40 @@ mod tests {
         }
         assert_eq!(sample(&text, "tracepost_service_graph_pending_spans", &[]), Some(0.0));
         assert_eq!(metrics.service_edges(), Vec::<(String, String)>::new());
+    }
+
+    #[test]
+    fn pairing_memory_is_bounded_by_items_whatever_the_span_rate() {
+        // A long wait and a small store: thousands of spans pair within it, a few never do.
+        let metrics = SpanMetrics::new(RedConfig {
+            graph_max_items: 8,
+            ..RedConfig::default()
+        });
+        for id in 1..=5_000u64 {
+            let trace = (id % 251) as u8 + 1;
+            let mut spans = vec![span(trace, id << 1, None, 3, "/", &[])];
+            if id % 1_000 != 0 {
+                spans.push(span(trace, (id << 1) | 1, Some(id << 1), 2, "/", &[]));
+            }
+            ingest(&metrics, export("web", "apps", spans));
+            let state = metrics.lock();
+            assert!(state.pairing.waiting.len() <= 8);
+            assert!(
+                state.pairing.order.len() <= 16,
+                "{} places queued",
+                state.pairing.order.len()
+            );
+        }
+        let text = exposition(&metrics);
+        assert_eq!(
+            sample(
+                &text,
+                "traces_service_graph_request_total",
+                &[("client", "web"), ("server", "web")]
+            ),
+            Some(4_995.0)
+        );
+        assert_eq!(sample(&text, "tracepost_service_graph_pending_spans", &[]), Some(5.0));
     }
 
     #[test]

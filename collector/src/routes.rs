@@ -52,6 +52,18 @@ impl RouteRules {
 
     /// The template of a span name (the name itself when it is not a path or nothing in it varies).
     pub fn template<'a>(&self, name: &'a str) -> Cow<'a, str> {
+        let mut out = String::new();
+        if self.template_into(name, &mut out) {
+            Cow::Owned(out)
+        } else {
+            Cow::Borrowed(name)
+        }
+    }
+
+    /// Writes the template of `name` into `out` and returns true, or returns false (and leaves `out` empty)
+    /// when the template is `name` itself. A reused `out` saves an allocation per span.
+    pub fn template_into(&self, name: &str, out: &mut String) -> bool {
+        out.clear();
         let (method, path) = match name.split_once(' ') {
             Some((method, path))
                 if path.starts_with('/') && !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase()) =>
@@ -59,34 +71,45 @@ impl RouteRules {
                 (Some(method), path)
             }
             _ if name.starts_with('/') => (None, name),
-            _ => return Cow::Borrowed(name),
+            _ => return false,
         };
         let stripped = path.split(['?', '#']).next().unwrap_or(path);
-        let templated = self.template_path(stripped);
-        match method {
-            None => templated,
-            Some(_) if matches!(templated, Cow::Borrowed(_)) && stripped.len() == path.len() => Cow::Borrowed(name),
-            Some(method) => Cow::Owned(format!("{method} {templated}")),
+        if let Some(method) = method {
+            out.push_str(method);
+            out.push(' ');
+        }
+        if self.template_path_into(stripped, out) || stripped.len() != path.len() {
+            true
+        } else {
+            out.clear();
+            false
         }
     }
 
-    fn template_path<'a>(&self, path: &'a str) -> Cow<'a, str> {
-        for pattern in &self.patterns {
-            if matches(&pattern.segments, path) {
-                return Cow::Owned(pattern.text.clone());
-            }
+    /// Appends the template of `path` to `out`; returns whether it differs from `path`.
+    fn template_path_into(&self, path: &str, out: &mut String) -> bool {
+        if let Some(pattern) = self.patterns.iter().find(|pattern| matches(&pattern.segments, path)) {
+            out.push_str(&pattern.text);
+            return true;
         }
-        if !self.placeholders || !path.split('/').any(|segment| placeholder(segment).is_some()) {
-            return Cow::Borrowed(path);
+        if !self.placeholders {
+            out.push_str(path);
+            return false;
         }
-        let mut out = String::with_capacity(path.len());
+        let mut changed = false;
         for (index, segment) in path.split('/').enumerate() {
             if index > 0 {
                 out.push('/');
             }
-            out.push_str(placeholder(segment).unwrap_or(segment));
+            match placeholder(segment) {
+                Some(placeholder) => {
+                    changed = true;
+                    out.push_str(placeholder);
+                }
+                None => out.push_str(segment),
+            }
         }
-        Cow::Owned(out)
+        changed
     }
 }
 

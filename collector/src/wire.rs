@@ -267,7 +267,11 @@ fn put_string_attribute(out: &mut Vec<u8>, field: u32, key: &str, value: &str) {
 pub fn convert_protobuf(body: &[u8], config: &ConvertConfig) -> Result<Converted> {
     let mut state = State {
         converted: Converted {
-            metrics: config.span_metrics.as_deref().map(RequestMetrics::new),
+            // A Linkerd span takes some 400 bytes of protobuf.
+            metrics: config
+                .span_metrics
+                .as_deref()
+                .map(|metrics| RequestMetrics::new(metrics, body.len() / 384)),
             ..Converted::default()
         },
         rows: BytesMut::with_capacity(body.len() + body.len() / 4),
