@@ -44,6 +44,26 @@ pub const DURATION_BUCKETS_SECONDS: [f64; 16] = [
     0.002, 0.004, 0.006, 0.008, 0.01, 0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.4, 2.0, 5.0, 10.0, 15.0,
 ];
 
+/// [`DURATION_BUCKETS_SECONDS`] in nanoseconds, which span durations are.
+const DURATION_BUCKETS_NS: [u64; 16] = [
+    2_000_000,
+    4_000_000,
+    6_000_000,
+    8_000_000,
+    10_000_000,
+    50_000_000,
+    100_000_000,
+    200_000_000,
+    400_000_000,
+    800_000_000,
+    1_000_000_000,
+    1_400_000_000,
+    2_000_000_000,
+    5_000_000_000,
+    10_000_000_000,
+    15_000_000_000,
+];
+
 /// Limits and timings of the metrics computation.
 #[derive(Clone, Debug)]
 pub struct RedConfig {
@@ -86,6 +106,9 @@ enum EdgeRole {
     None,
     /// A CLIENT (or PRODUCER) span: pairs with the SERVER span whose parent it is.
     Client,
+    /// A Linkerd outbound proxy's CLIENT span: pairs like [`EdgeRole::Client`], and is never absorbed (only an
+    /// outbound proxy's parent is).
+    ProxyClient,
     /// A SERVER (or CONSUMER) span: pairs with its parent CLIENT span.
     Server,
     /// A CLIENT span to a database: an edge at once.
@@ -103,16 +126,36 @@ struct MetricSpan {
     /// Fingerprint of (trace ID, parent span ID), 0 for a root: a server half's pairing key.
     parent: u64,
     resource: u32,
-    name: u32,
     /// The peer's node name (an index into `names`), `u32::MAX` when unknown.
     peer: u32,
     duration_ns: u64,
-    kind: u8,
     error: bool,
-    /// Whether the span counts in the RED metrics (Linkerd's proxy-to-app hops do not).
-    counted: bool,
     messaging: bool,
     edge: EdgeRole,
+}
+
+/// A RED series within one request: resource, route template (an index into `names`), kind, error.
+type RequestSeries = (u32, u32, u8, bool);
+
+/// Durations of one series within a request, in integer nanoseconds (so that requests compare exactly).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Durations {
+    buckets: [u64; DURATION_BUCKETS_SECONDS.len() + 1],
+    count: u64,
+    sum_ns: u64,
+}
+
+impl Durations {
+    fn observe(&mut self, duration_ns: u64) {
+        self.buckets[bucket(duration_ns)] += 1;
+        self.count += 1;
+        self.sum_ns = self.sum_ns.saturating_add(duration_ns);
+    }
+}
+
+/// The index of the bucket of a duration: the first bound it does not exceed (the last: +Inf).
+fn bucket(duration_ns: u64) -> usize {
+    DURATION_BUCKETS_NS.partition_point(|bound| *bound < duration_ns)
 }
 
 /// A request's spans, reduced during conversion.
@@ -124,7 +167,12 @@ pub struct RequestMetrics {
     by_name: HashMap<String, u32, FastHash>,
     /// Reused for templating (always empty between spans).
     scratch: String,
+    /// The RED series, aggregated here so that the lock is taken per series rather than per span.
+    series: Vec<(RequestSeries, Durations)>,
+    series_index: HashMap<RequestSeries, u32, FastHash>,
+    /// The spans the service graph needs (clients, servers, absorbing proxy spans).
     spans: Vec<MetricSpan>,
+    span_count: u64,
     seed: u64,
     /// Order-independent fingerprint of the request's (trace ID, span ID) pairs: a re-sent export has the same.
     fingerprint: u64,
@@ -192,6 +240,7 @@ impl RequestMetrics {
         let (counted, edge) = match (span.linkerd, span.facts.direction, span.kind) {
             (true, Direction::Outbound, 2) => (false, EdgeRole::Absorb),
             (true, Direction::Inbound, 3) => (false, EdgeRole::None),
+            (true, Direction::Outbound, 3) => (true, EdgeRole::ProxyClient),
             (_, _, 3) if span.facts.is_database() => (true, EdgeRole::Database),
             (_, _, 3 | 4) => (true, EdgeRole::Client),
             (_, _, 2 | 5) => (true, EdgeRole::Server),
@@ -199,34 +248,46 @@ impl RequestMetrics {
         };
         let peer = match edge {
             EdgeRole::Database => span.facts.database(),
-            EdgeRole::Client => span.facts.peer(),
+            EdgeRole::Client | EdgeRole::ProxyClient => span.facts.peer(),
             _ => None,
         };
         let peer = peer.map_or(u32::MAX, |peer| self.intern(peer));
-        let name = if counted {
-            self.intern_route(span.name, routes)
-        } else {
-            u32::MAX
-        };
+        if counted {
+            let key = (
+                span.resource,
+                self.intern_route(span.name, routes),
+                span.kind.clamp(0, 5) as u8,
+                span.error,
+            );
+            let slot = match self.series_index.entry(key) {
+                Entry::Occupied(entry) => *entry.get() as usize,
+                Entry::Vacant(entry) => {
+                    entry.insert(self.series.len() as u32);
+                    self.series.push((key, Durations::default()));
+                    self.series.len() - 1
+                }
+            };
+            self.series[slot].1.observe(span.duration_ns);
+        }
         let id = fingerprint(self.seed, span.trace_id, span.span_id);
         self.fingerprint = self
             .fingerprint
             .wrapping_add(id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ id.rotate_left(29));
-        self.spans.push(MetricSpan {
-            id,
-            parent: span
-                .parent
-                .map_or(0, |parent| fingerprint(self.seed, span.trace_id, parent)),
-            resource: span.resource,
-            name,
-            peer,
-            duration_ns: span.duration_ns,
-            kind: span.kind.clamp(0, 5) as u8,
-            error: span.error,
-            counted,
-            messaging: matches!(span.kind, 4 | 5),
-            edge,
-        });
+        self.span_count += 1;
+        if edge != EdgeRole::None {
+            self.spans.push(MetricSpan {
+                id,
+                parent: span
+                    .parent
+                    .map_or(0, |parent| fingerprint(self.seed, span.trace_id, parent)),
+                resource: span.resource,
+                peer,
+                duration_ns: span.duration_ns,
+                error: span.error,
+                messaging: matches!(span.kind, 4 | 5),
+                edge,
+            });
+        }
     }
 }
 
@@ -255,11 +316,17 @@ struct Histogram {
 
 impl Histogram {
     fn observe(&mut self, duration_ns: u64) {
-        let seconds = duration_ns as f64 / 1e9;
-        let index = DURATION_BUCKETS_SECONDS.partition_point(|bound| *bound < seconds);
-        self.buckets[index] += 1;
+        self.buckets[bucket(duration_ns)] += 1;
         self.count += 1;
-        self.sum += seconds;
+        self.sum += duration_ns as f64 / 1e9;
+    }
+
+    fn merge(&mut self, durations: &Durations) {
+        for (total, count) in self.buckets.iter_mut().zip(durations.buckets) {
+            *total += count;
+        }
+        self.count += durations.count;
+        self.sum += durations.sum_ns as f64 / 1e9;
     }
 
     fn bounds(&self) -> Vec<(f64, u64)> {
@@ -354,7 +421,8 @@ struct PassThroughHasher(u64);
 
 impl std::hash::Hasher for PassThroughHasher {
     fn finish(&self) -> u64 {
-        self.0
+        // Fingerprints are odd (never zero): fold a high bit into the low one, which picks the bucket.
+        self.0 ^ (self.0 >> 29)
     }
     fn write(&mut self, bytes: &[u8]) {
         for byte in bytes {
@@ -492,7 +560,7 @@ impl SpanMetrics {
         let mut state = self.lock();
         let state = &mut *state;
         if !state.recent.insert(request.fingerprint, config.recent_requests) {
-            state.duplicates += request.spans.len() as u64;
+            state.duplicates += request.span_count;
             return;
         }
         let nodes: Vec<u32> = request
@@ -500,25 +568,23 @@ impl SpanMetrics {
             .iter()
             .map(|node| state.node(node, false, config))
             .collect();
-        let mut routes: HashMap<(u32, u32), u32, FastHash> = HashMap::default();
+        for ((resource, name, kind, error), durations) in &request.series {
+            let node = nodes[*resource as usize];
+            let route = state.route(node, &request.names[*name as usize], config);
+            state
+                .series
+                .entry(SeriesKey {
+                    node,
+                    route,
+                    kind: *kind,
+                    error: *error,
+                })
+                .or_default()
+                .merge(durations);
+        }
         let mut peers = PeerNodes::default();
         for span in &request.spans {
             let node = nodes[span.resource as usize];
-            if span.counted {
-                let route = *routes
-                    .entry((node, span.name))
-                    .or_insert_with(|| state.route(node, &request.names[span.name as usize], config));
-                state
-                    .series
-                    .entry(SeriesKey {
-                        node,
-                        route,
-                        kind: span.kind,
-                        error: span.error,
-                    })
-                    .or_default()
-                    .observe(span.duration_ns);
-            }
             let half = |peer| Half {
                 node,
                 duration_ns: span.duration_ns,
@@ -535,13 +601,14 @@ impl SpanMetrics {
                     edge.client.observe(span.duration_ns);
                     edge.server.observe(span.duration_ns);
                 }
-                EdgeRole::Client => {
+                EdgeRole::Client | EdgeRole::ProxyClient => {
                     let peer = if span.peer == u32::MAX {
                         u32::MAX
                     } else {
                         peers.node(state, &request, span.peer, "unknown", config)
                     };
-                    state.pair(span.id, Pending::Client(half(peer)), now, config);
+                    let absorbable = span.edge == EdgeRole::Client;
+                    state.pair(span.id, Pending::Client(half(peer)), absorbable, now, config);
                 }
                 EdgeRole::Server if span.parent == 0 => {
                     let user = peers.node(state, &request, u32::MAX, "user", config);
@@ -549,7 +616,7 @@ impl SpanMetrics {
                     edge.count(span.error);
                     edge.server.observe(span.duration_ns);
                 }
-                EdgeRole::Server => state.pair(span.parent, Pending::Server(half(u32::MAX)), now, config),
+                EdgeRole::Server => state.pair(span.parent, Pending::Server(half(u32::MAX)), false, now, config),
                 EdgeRole::Absorb => state.absorb(span.parent),
             }
         }
@@ -717,8 +784,10 @@ impl State {
         }
     }
 
-    fn pair(&mut self, key: u64, half: Pending, now: Instant, config: &RedConfig) {
-        if matches!(half, Pending::Client(_)) && self.absorbed.contains(key) {
+    /// Pairs a half with its other half, or lets it wait; an `absorbable` client half whose key a Linkerd
+    /// outbound proxy span absorbed is dropped.
+    fn pair(&mut self, key: u64, half: Pending, absorbable: bool, now: Instant, config: &RedConfig) {
+        if absorbable && self.absorbed.contains(key) {
             return;
         }
         let full = self.pairing.waiting.len() >= config.graph_max_items;
@@ -1302,6 +1371,17 @@ mod tests {
             Some(4_995.0)
         );
         assert_eq!(sample(&text, "tracepost_service_graph_pending_spans", &[]), Some(5.0));
+    }
+
+    #[test]
+    fn bucket_bounds_in_nanoseconds_are_the_seconds_ones() {
+        for (seconds, nanoseconds) in DURATION_BUCKETS_SECONDS.iter().zip(DURATION_BUCKETS_NS) {
+            assert_eq!((seconds * 1e9).round() as u64, nanoseconds);
+        }
+        // A bound is inclusive (Prometheus `le`).
+        assert_eq!(bucket(2_000_000), 0);
+        assert_eq!(bucket(2_000_001), 1);
+        assert_eq!(bucket(15_000_000_001), DURATION_BUCKETS_NS.len());
     }
 
     #[test]

@@ -64,21 +64,26 @@ impl RouteRules {
     /// when the template is `name` itself. A reused `out` saves an allocation per span.
     pub fn template_into(&self, name: &str, out: &mut String) -> bool {
         out.clear();
-        let (method, path) = match name.split_once(' ') {
-            Some((method, path))
-                if path.starts_with('/') && !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase()) =>
-            {
-                (Some(method), path)
+        let bytes = name.as_bytes();
+        let path_start = match bytes.first() {
+            Some(b'/') => 0,
+            Some(b'A'..=b'Z') => {
+                let Some(space) = bytes.iter().position(|byte| !byte.is_ascii_uppercase()) else {
+                    return false;
+                };
+                if bytes[space] != b' ' || bytes.get(space + 1) != Some(&b'/') {
+                    return false;
+                }
+                space + 1
             }
-            _ if name.starts_with('/') => (None, name),
             _ => return false,
         };
-        let stripped = path.split(['?', '#']).next().unwrap_or(path);
-        if let Some(method) = method {
-            out.push_str(method);
-            out.push(' ');
-        }
-        if self.template_path_into(stripped, out) || stripped.len() != path.len() {
+        let path_end = bytes[path_start..]
+            .iter()
+            .position(|byte| matches!(byte, b'?' | b'#'))
+            .map_or(bytes.len(), |end| path_start + end);
+        out.push_str(&name[..path_start]);
+        if self.template_path_into(&name[path_start..path_end], out) || path_end != bytes.len() {
             true
         } else {
             out.clear();
@@ -96,19 +101,23 @@ impl RouteRules {
             out.push_str(path);
             return false;
         }
+        // One pass over the bytes (this runs for every counted span); runs without a placeholder are copied
+        // whole.
         let mut changed = false;
-        for (index, segment) in path.split('/').enumerate() {
-            if index > 0 {
-                out.push('/');
+        let (mut start, mut copied) = (0, 0);
+        for (end, byte) in path.bytes().chain([b'/']).enumerate() {
+            if byte != b'/' {
+                continue;
             }
-            match placeholder(segment) {
-                Some(placeholder) => {
-                    changed = true;
-                    out.push_str(placeholder);
-                }
-                None => out.push_str(segment),
+            if let Some(placeholder) = placeholder(&path[start..end]) {
+                changed = true;
+                out.push_str(&path[copied..start]);
+                out.push_str(placeholder);
+                copied = end;
             }
+            start = end + 1;
         }
+        out.push_str(&path[copied..]);
         changed
     }
 }
@@ -162,21 +171,21 @@ fn matches(segments: &[Segment], path: &str) -> bool {
 /// The placeholder for a path segment that looks like an identifier.
 fn placeholder(segment: &str) -> Option<&'static str> {
     let bytes = segment.as_bytes();
-    if bytes.is_empty() {
-        return None;
+    // Every placeholder but a UUID needs a digit; most segments are words without one.
+    let digits = bytes.iter().filter(|b| b.is_ascii_digit()).count();
+    if digits == 0 {
+        return (bytes.len() == 36 && is_uuid(bytes)).then_some("{uuid}");
     }
-    if bytes.iter().all(u8::is_ascii_digit) {
+    if digits == bytes.len() {
         return Some("{id}");
     }
     if is_uuid(bytes) {
         return Some("{uuid}");
     }
-    let digits = bytes.iter().filter(|b| b.is_ascii_digit()).count();
-    if bytes.len() >= 8 && digits > 0 && bytes.iter().all(u8::is_ascii_hexdigit) {
+    if bytes.len() >= 8 && bytes.iter().all(u8::is_ascii_hexdigit) {
         return Some("{hex}");
     }
     if bytes.len() >= 20
-        && digits > 0
         && bytes.iter().any(u8::is_ascii_alphabetic)
         && bytes
             .iter()

@@ -408,6 +408,20 @@ fn process_cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// The requests `tracepost loadgen` would send for `args` (same seed, same spans), encoded as protobuf:
+/// for benchmarks that feed the collector's conversion directly.
+pub fn encoded_requests(args: &LoadgenArgs) -> Vec<Vec<u8>> {
+    let resources: Vec<Resource> = (0..SERVICES.len() * REPLICAS).map(pod_resource).collect();
+    let base_nanos = 1_795_300_000_000_000_000;
+    (0..args.spans.div_ceil(args.request_spans.max(1) as u64))
+        .map(|index| {
+            generate_request(args, &resources, index, base_nanos)
+                .request
+                .encode_to_vec()
+        })
+        .collect()
+}
+
 /// Runs the load generator to completion.
 pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
     let requests = args.spans.div_ceil(args.request_spans.max(1) as u64);
