@@ -137,18 +137,38 @@ struct MetricSpan {
 /// A RED series within one request: resource, route template (an index into `names`), kind, error.
 type RequestSeries = (u32, u32, u8, bool);
 
-/// Durations of one series within a request, in integer nanoseconds (so that requests compare exactly).
+/// Durations counted per bucket of [`DURATION_BUCKETS_NS`] (the last bucket: +Inf), and in all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Buckets {
+    per_bucket: [u64; DURATION_BUCKETS_NS.len() + 1],
+    total: u64,
+}
+
+impl Buckets {
+    fn observe(&mut self, duration_ns: u64) {
+        self.per_bucket[bucket(duration_ns)] += 1;
+        self.total += 1;
+    }
+
+    fn merge(&mut self, other: &Buckets) {
+        for (count, more) in self.per_bucket.iter_mut().zip(other.per_bucket) {
+            *count += more;
+        }
+        self.total += other.total;
+    }
+}
+
+/// Durations of one series within a request, summed in integer nanoseconds (so that requests compare
+/// exactly; one request's sum cannot overflow).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Durations {
-    buckets: [u64; DURATION_BUCKETS_SECONDS.len() + 1],
-    count: u64,
+    counts: Buckets,
     sum_ns: u64,
 }
 
 impl Durations {
     fn observe(&mut self, duration_ns: u64) {
-        self.buckets[bucket(duration_ns)] += 1;
-        self.count += 1;
+        self.counts.observe(duration_ns);
         self.sum_ns = self.sum_ns.saturating_add(duration_ns);
     }
 }
@@ -306,27 +326,26 @@ fn fingerprint(seed: u64, trace_id: &[u8; 16], span_id: &[u8; 8]) -> u64 {
     x | 1
 }
 
-/// A histogram with the fixed [`DURATION_BUCKETS_SECONDS`] (per-bucket counts, the last one +Inf).
+/// A process-wide histogram with the fixed [`DURATION_BUCKETS_SECONDS`], summed in seconds.
 #[derive(Clone, Debug, Default)]
 struct Histogram {
-    buckets: [u64; DURATION_BUCKETS_SECONDS.len() + 1],
-    count: u64,
+    counts: Buckets,
     sum: f64,
 }
 
 impl Histogram {
     fn observe(&mut self, duration_ns: u64) {
-        self.buckets[bucket(duration_ns)] += 1;
-        self.count += 1;
+        self.counts.observe(duration_ns);
         self.sum += duration_ns as f64 / 1e9;
     }
 
     fn merge(&mut self, durations: &Durations) {
-        for (total, count) in self.buckets.iter_mut().zip(durations.buckets) {
-            *total += count;
-        }
-        self.count += durations.count;
+        self.counts.merge(&durations.counts);
         self.sum += durations.sum_ns as f64 / 1e9;
+    }
+
+    fn count(&self) -> u64 {
+        self.counts.total
     }
 
     fn bounds(&self) -> Vec<(f64, u64)> {
@@ -334,7 +353,7 @@ impl Histogram {
             .iter()
             .copied()
             .chain([f64::INFINITY])
-            .zip(self.buckets)
+            .zip(self.counts.per_bucket)
             .collect()
     }
 }
@@ -878,9 +897,12 @@ fn encode_histogram(
     let mut family = encoder.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
     for (labels, histogram) in histograms {
         let buckets = histogram.bounds();
-        family
-            .encode_family(labels)?
-            .encode_histogram::<NoLabelSet>(histogram.sum, histogram.count, &buckets, None)?;
+        family.encode_family(labels)?.encode_histogram::<NoLabelSet>(
+            histogram.sum,
+            histogram.count(),
+            &buckets,
+            None,
+        )?;
     }
     Ok(())
 }
@@ -927,7 +949,7 @@ impl Collector for SpanMetrics {
             .collect();
         let calls: Vec<(Vec<(&str, &str)>, u64)> = span_labels
             .iter()
-            .map(|(labels, histogram)| (labels.clone(), histogram.count))
+            .map(|(labels, histogram)| (labels.clone(), histogram.count()))
             .collect();
         encode_counter(
             &mut encoder,
@@ -987,7 +1009,7 @@ impl Collector for SpanMetrics {
         ] {
             let histograms: Vec<(Vec<(&str, &str)>, &Histogram)> = edge_labels
                 .iter()
-                .filter(|(_, edge)| if side == "server" { edge.server.count } else { edge.client.count } > 0)
+                .filter(|(_, edge)| if side == "server" { edge.server.count() } else { edge.client.count() } > 0)
                 .map(|(labels, edge)| (labels.clone(), if side == "server" { &edge.server } else { &edge.client }))
                 .collect();
             encode_histogram(
@@ -1467,9 +1489,9 @@ mod tests {
 
     #[test]
     fn an_application_client_span_sent_through_its_linkerd_proxy_is_no_edge_of_its_own() {
-        for proxy_first in [false, true] {
-            let metrics = SpanMetrics::new(RedConfig::default());
-            let app = export(
+        // The application's CLIENT span to the registry, sent by its SDK.
+        let app = || {
+            export(
                 "web",
                 "apps",
                 vec![span(
@@ -1480,7 +1502,10 @@ mod tests {
                     "GET",
                     &[("server.address", "registry.registry.svc")],
                 )],
-            );
+            )
+        };
+        for proxy_first in [false, true] {
+            let metrics = SpanMetrics::new(RedConfig::default());
             let mut proxy = export(
                 "linkerd-proxy",
                 "apps",
@@ -1491,9 +1516,9 @@ mod tests {
             }
             if proxy_first {
                 ingest(&metrics, proxy);
-                ingest(&metrics, app);
+                ingest(&metrics, app());
             } else {
-                ingest(&metrics, app);
+                ingest(&metrics, app());
                 ingest(&metrics, proxy);
             }
             metrics.expire_at(Instant::now() + Duration::from_secs(60));
@@ -1502,21 +1527,7 @@ mod tests {
             assert_eq!(sample(&text, "tracepost_service_graph_pending_spans", &[]), Some(0.0));
             // Without the proxy span, the same client span becomes an edge to a virtual node.
             let metrics = SpanMetrics::new(RedConfig::default());
-            ingest(
-                &metrics,
-                export(
-                    "web",
-                    "apps",
-                    vec![span(
-                        5,
-                        1,
-                        None,
-                        3,
-                        "GET",
-                        &[("server.address", "registry.registry.svc")],
-                    )],
-                ),
-            );
+            ingest(&metrics, app());
             metrics.expire_at(Instant::now() + Duration::from_secs(60));
             let text = exposition(&metrics);
             assert_eq!(

@@ -694,8 +694,9 @@ mod tests {
 
     fn leaf_value() -> impl Strategy<Value = any_value::Value> {
         prop_oneof![
-            "[a-z0-9/\\x00é]{0,12}".prop_map(any_value::Value::StringValue),
-            prop_oneof![
+            1 => "[a-z0-9/\\x00é]{0,12}".prop_map(any_value::Value::StringValue),
+            // Values the Linkerd rules look at, twice as often as any other kind.
+            2 => prop_oneof![
                 Just("503"),
                 Just("200"),
                 Just("inbound"),
@@ -703,18 +704,10 @@ mod tests {
                 Just("linkerd-proxy")
             ]
             .prop_map(|text| any_value::Value::StringValue(text.to_owned())),
-            prop_oneof![
-                Just("503"),
-                Just("200"),
-                Just("inbound"),
-                Just("outbound"),
-                Just("linkerd-proxy")
-            ]
-            .prop_map(|text| any_value::Value::StringValue(text.to_owned())),
-            any::<bool>().prop_map(any_value::Value::BoolValue),
-            any::<i64>().prop_map(any_value::Value::IntValue),
-            any::<f64>().prop_map(any_value::Value::DoubleValue),
-            prop::collection::vec(any::<u8>(), 0..8).prop_map(any_value::Value::BytesValue),
+            1 => any::<bool>().prop_map(any_value::Value::BoolValue),
+            1 => any::<i64>().prop_map(any_value::Value::IntValue),
+            1 => any::<f64>().prop_map(any_value::Value::DoubleValue),
+            1 => prop::collection::vec(any::<u8>(), 0..8).prop_map(any_value::Value::BytesValue),
         ]
     }
 

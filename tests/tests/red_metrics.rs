@@ -18,21 +18,17 @@ use support::*;
 
 /// A Linkerd proxy's resource: `service.name` is the chart's generic one, the workload is in the pod labels.
 fn proxy(deployment: &str, namespace: &str, cluster: &str) -> (SdkTracerProvider, InMemorySpanExporter, Resource) {
-    let memory = InMemorySpanExporter::default();
-    let resource = Resource::builder_empty()
-        .with_service_name("linkerd-proxy")
-        .with_attributes([
-            KeyValue::new("host.name", format!("{deployment}-7d9f8c-x1")),
-            KeyValue::new("linkerd.io/proxy-deployment", deployment.to_owned()),
-            KeyValue::new("linkerd.io/workload-ns", namespace.to_owned()),
-            KeyValue::new("k8s.cluster.name", cluster.to_owned()),
-        ])
-        .build();
-    let provider = SdkTracerProvider::builder()
-        .with_simple_exporter(memory.clone())
-        .with_resource(resource.clone())
-        .build();
-    (provider, memory, resource)
+    provider_with(
+        Resource::builder_empty()
+            .with_service_name("linkerd-proxy")
+            .with_attributes([
+                KeyValue::new("host.name", format!("{deployment}-7d9f8c-x1")),
+                KeyValue::new("linkerd.io/proxy-deployment", deployment.to_owned()),
+                KeyValue::new("linkerd.io/workload-ns", namespace.to_owned()),
+                KeyValue::new("k8s.cluster.name", cluster.to_owned()),
+            ])
+            .build(),
+    )
 }
 
 /// `requests` meshed calls gitlab (apps) → registry (infra), four proxy spans each, every `error_every`-th

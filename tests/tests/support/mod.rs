@@ -326,11 +326,17 @@ impl TwoServiceTrace {
 }
 
 fn provider_for(service: &str, cluster: &str) -> (SdkTracerProvider, InMemorySpanExporter, Resource) {
+    provider_with(
+        Resource::builder_empty()
+            .with_service_name(service.to_owned())
+            .with_attribute(KeyValue::new("k8s.cluster.name", cluster.to_owned()))
+            .build(),
+    )
+}
+
+/// A tracer provider that keeps its spans in memory, for `resource`.
+pub fn provider_with(resource: Resource) -> (SdkTracerProvider, InMemorySpanExporter, Resource) {
     let memory = InMemorySpanExporter::default();
-    let resource = Resource::builder_empty()
-        .with_service_name(service.to_owned())
-        .with_attribute(KeyValue::new("k8s.cluster.name", cluster.to_owned()))
-        .build();
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(memory.clone())
         .with_resource(resource.clone())
