@@ -13,6 +13,7 @@ use opentelemetry_proto::tonic::common::v1 as otlp_common;
 use opentelemetry_proto::tonic::trace::v1 as otlp_trace;
 use prost::Message;
 use tracepost_storage::copy::{encode_span_row, sanitize_text, RowContext};
+use tracepost_storage::limits::{key_value_exceeds, retain_within_nesting};
 use tracepost_storage::model::{
     self, Resource, Scope, Span, SpanDetail, SpanId, SpanKind, StatusCode, TraceId, NO_SERVICE_NAME,
 };
@@ -121,9 +122,11 @@ pub fn convert_request(request: ExportTraceServiceRequest, config: &ConvertConfi
     let mut operation_index = RequestOperationIndex::default();
     for resource_spans in request.resource_spans {
         let otlp_resource = resource_spans.resource.unwrap_or_default();
+        let mut attributes = convert_attributes(otlp_resource.attributes);
+        let too_deep = retain_within_nesting(&mut attributes);
         let mut resource = Resource {
-            attributes: convert_attributes(otlp_resource.attributes),
-            dropped_attributes_count: otlp_resource.dropped_attributes_count,
+            attributes,
+            dropped_attributes_count: otlp_resource.dropped_attributes_count.saturating_add(too_deep),
             schema_url: resource_spans.schema_url,
         };
         let mut facts = ResourceFacts::default();
@@ -363,11 +366,13 @@ fn convert_scope(scope: Option<otlp_common::InstrumentationScope>, schema_url: S
     {
         return None;
     }
+    let mut attributes = convert_attributes(scope.attributes);
+    let too_deep = retain_within_nesting(&mut attributes);
     Some(Scope {
         name: scope.name,
         version: scope.version,
-        attributes: convert_attributes(scope.attributes),
-        dropped_attributes_count: scope.dropped_attributes_count,
+        attributes,
+        dropped_attributes_count: scope.dropped_attributes_count.saturating_add(too_deep),
         schema_url,
     })
 }
@@ -389,6 +394,24 @@ fn convert_span(span: otlp_trace::Span, scope: Option<&Scope>) -> Result<Span, R
         std::borrow::Cow::Owned(safe) => (safe, Some(span.name)),
     };
     let status = span.status.unwrap_or_default();
+    // Attributes nested past the storage limit are dropped, and so are events and links holding one; each
+    // is counted in its dropped count (`tracepost_storage::limits`).
+    let mut attributes = convert_attributes(span.attributes);
+    let too_deep_attributes = retain_within_nesting(&mut attributes);
+    let event_count = span.events.len();
+    let events: Vec<model::Event> = span
+        .events
+        .into_iter()
+        .map(convert_event)
+        .filter(|event| !event.attributes.iter().any(key_value_exceeds))
+        .collect();
+    let link_count = span.links.len();
+    let links: Vec<model::Link> = span
+        .links
+        .into_iter()
+        .map(convert_link)
+        .filter(|link| !link.attributes.iter().any(key_value_exceeds))
+        .collect();
     Ok(Span {
         trace_id,
         span_id,
@@ -398,12 +421,16 @@ fn convert_span(span: otlp_trace::Span, scope: Option<&Scope>) -> Result<Span, R
         start_time_unix_nano: span.start_time_unix_nano,
         status_code: StatusCode::from_i32(status.code),
         detail: SpanDetail {
-            attributes: convert_attributes(span.attributes),
-            dropped_attributes_count: span.dropped_attributes_count,
-            events: span.events.into_iter().map(convert_event).collect(),
-            dropped_events_count: span.dropped_events_count,
-            links: span.links.into_iter().map(convert_link).collect(),
-            dropped_links_count: span.dropped_links_count,
+            dropped_attributes_count: span.dropped_attributes_count.saturating_add(too_deep_attributes),
+            attributes,
+            dropped_events_count: span
+                .dropped_events_count
+                .saturating_add((event_count - events.len()) as u32),
+            events,
+            dropped_links_count: span
+                .dropped_links_count
+                .saturating_add((link_count - links.len()) as u32),
+            links,
             trace_state: span.trace_state,
             flags: span.flags,
             status_message: status.message,

@@ -16,6 +16,7 @@ use std::collections::HashSet;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tracepost_storage::copy::{encode_span_row_with_detail, sanitize_text, RowSpan};
+use tracepost_storage::limits::MAX_ATTRIBUTE_NESTING;
 use tracepost_storage::model::{SpanKind, StatusCode};
 
 use crate::catalog::{RequestOperationIndex, RequestOperations};
@@ -30,8 +31,9 @@ pub struct WireError(&'static str);
 
 type Result<T> = std::result::Result<T, WireError>;
 
-/// The deepest nesting of attribute values accepted (prost's own recursion limit).
-const MAX_DEPTH: u32 = 100;
+/// An attribute nested deeper than [`MAX_ATTRIBUTE_NESTING`]: the attribute (or the event or link holding it)
+/// is dropped and counted, the request goes on.
+const TOO_DEEP: WireError = WireError("attribute nested too deep");
 
 const VARINT: u8 = 0;
 const FIXED64: u8 = 1;
@@ -151,7 +153,13 @@ fn put_len(out: &mut impl BufMut, field: u32, bytes: &[u8]) {
 }
 
 /// Checks a `KeyValue` (key string, `AnyValue`), as prost would decode it; returns its key and scalar value.
-fn check_key_value(bytes: &[u8], depth: u32) -> Result<(&str, Scalar<'_>)> {
+/// `level` is the message nesting of this `KeyValue` counted from the attribute (1), as
+/// `tracepost_storage::limits` counts it; past [`MAX_ATTRIBUTE_NESTING`] the answer is [`TOO_DEEP`], before
+/// any recursion, so the stack stays bounded.
+fn check_key_value(bytes: &[u8], level: u32) -> Result<(&str, Scalar<'_>)> {
+    if level > MAX_ATTRIBUTE_NESTING {
+        return Err(TOO_DEEP);
+    }
     let mut reader = Reader::new(bytes);
     let mut key = "";
     let mut value = Scalar::Other;
@@ -160,7 +168,7 @@ fn check_key_value(bytes: &[u8], depth: u32) -> Result<(&str, Scalar<'_>)> {
         match field {
             1 => expect(wire_type, LEN).and_then(|()| reader.string().map(|text| key = text))?,
             2 => expect(wire_type, LEN)
-                .and_then(|()| check_any_value(reader.length_delimited()?, depth + 1).map(|v| value = v))?,
+                .and_then(|()| check_any_value(reader.length_delimited()?, level + 1).map(|v| value = v))?,
             _ => reader.skip(wire_type)?,
         }
     }
@@ -168,9 +176,9 @@ fn check_key_value(bytes: &[u8], depth: u32) -> Result<(&str, Scalar<'_>)> {
 }
 
 /// Checks an `AnyValue`; returns it if it is a string or an integer (the last value field wins, as in prost).
-fn check_any_value(bytes: &[u8], depth: u32) -> Result<Scalar<'_>> {
-    if depth > MAX_DEPTH {
-        return Err(WireError("recursion limit reached"));
+fn check_any_value(bytes: &[u8], level: u32) -> Result<Scalar<'_>> {
+    if level > MAX_ATTRIBUTE_NESTING {
+        return Err(TOO_DEEP);
     }
     let mut reader = Reader::new(bytes);
     let mut value = Scalar::Other;
@@ -181,19 +189,18 @@ fn check_any_value(bytes: &[u8], depth: u32) -> Result<Scalar<'_>> {
             2 => expect(wire_type, VARINT).and_then(|()| reader.varint().map(|_| value = Scalar::Other))?,
             3 => expect(wire_type, VARINT).and_then(|()| reader.varint().map(|v| value = Scalar::Int(v as i64)))?,
             4 => expect(wire_type, FIXED64).and_then(|()| reader.fixed64().map(|_| value = Scalar::Other))?,
-            // ArrayValue and KeyValueList: `repeated` field 1 of AnyValue / KeyValue.
-            5 => {
+            // ArrayValue and KeyValueList (one level each): `repeated` field 1 of AnyValue / KeyValue.
+            5 | 6 => {
                 expect(wire_type, LEN)?;
-                for_each_repeated(reader.length_delimited()?, |item| {
-                    check_any_value(item, depth + 1).map(drop)
-                })?;
-                value = Scalar::Other;
-            }
-            6 => {
-                expect(wire_type, LEN)?;
-                for_each_repeated(reader.length_delimited()?, |item| {
-                    check_key_value(item, depth + 1).map(drop)
-                })?;
+                let list = reader.length_delimited()?;
+                if level + 1 > MAX_ATTRIBUTE_NESTING {
+                    return Err(TOO_DEEP);
+                }
+                if field == 5 {
+                    for_each_repeated(list, |item| check_any_value(item, level + 2).map(drop))?;
+                } else {
+                    for_each_repeated(list, |item| check_key_value(item, level + 2).map(drop))?;
+                }
                 value = Scalar::Other;
             }
             7 => expect(wire_type, LEN).and_then(|()| reader.length_delimited().map(|_| value = Scalar::Other))?,
@@ -226,7 +233,7 @@ fn check_event(bytes: &[u8]) -> Result<()> {
         match field {
             1 => expect(wire_type, FIXED64).and_then(|()| reader.fixed64().map(drop))?,
             2 => expect(wire_type, LEN).and_then(|()| reader.string().map(drop))?,
-            3 => expect(wire_type, LEN).and_then(|()| check_key_value(reader.length_delimited()?, 0).map(drop))?,
+            3 => expect(wire_type, LEN).and_then(|()| check_key_value(reader.length_delimited()?, 1).map(drop))?,
             4 => expect(wire_type, VARINT).and_then(|()| reader.varint().map(drop))?,
             _ => reader.skip(wire_type)?,
         }
@@ -242,7 +249,7 @@ fn check_link(bytes: &[u8]) -> Result<()> {
         match field {
             1 | 2 => expect(wire_type, LEN).and_then(|()| reader.length_delimited().map(drop))?,
             3 => expect(wire_type, LEN).and_then(|()| reader.string().map(drop))?,
-            4 => expect(wire_type, LEN).and_then(|()| check_key_value(reader.length_delimited()?, 0).map(drop))?,
+            4 => expect(wire_type, LEN).and_then(|()| check_key_value(reader.length_delimited()?, 1).map(drop))?,
             5 => expect(wire_type, VARINT).and_then(|()| reader.varint().map(drop))?,
             6 => expect(wire_type, FIXED32).and_then(|()| reader.fixed32().map(drop))?,
             _ => reader.skip(wire_type)?,
@@ -335,6 +342,7 @@ impl State<'_> {
         let mut attributes = Vec::new();
         let mut facts = ResourceFacts::default();
         let mut dropped = 0u64;
+        let mut too_deep = 0u32;
         for resource in resources {
             let mut reader = Reader::new(resource);
             while !reader.is_empty() {
@@ -343,9 +351,14 @@ impl State<'_> {
                     1 => {
                         expect(wire_type, LEN)?;
                         let attribute = reader.length_delimited()?;
-                        let (key, value) = check_key_value(attribute, 0)?;
-                        facts.observe(key, value);
-                        attributes.push((key, attribute));
+                        match check_key_value(attribute, 1) {
+                            Ok((key, value)) => {
+                                facts.observe(key, value);
+                                attributes.push((key, attribute));
+                            }
+                            Err(TOO_DEEP) => too_deep += 1,
+                            Err(error) => return Err(error),
+                        }
                     }
                     2 => expect(wire_type, VARINT)
                         .and_then(|()| reader.varint())
@@ -367,9 +380,10 @@ impl State<'_> {
         for (key, value) in &outcome.additions {
             put_string_attribute(&mut body, 1, key, value);
         }
-        if dropped as u32 != 0 {
+        let dropped = (dropped as u32).saturating_add(too_deep);
+        if dropped != 0 {
             put_key(&mut body, 2, VARINT);
-            put_varint(&mut body, u64::from(dropped as u32));
+            put_varint(&mut body, u64::from(dropped));
         }
         if !schema_url.is_empty() {
             put_len(&mut body, 3, schema_url.as_bytes());
@@ -447,9 +461,14 @@ impl State<'_> {
                 9 => {
                     expect(wire_type, LEN)?;
                     let attribute = reader.length_delimited()?;
-                    let (key, value) = check_key_value(attribute, 0)?;
-                    facts.observe(key, value);
-                    fields.attributes.push(attribute);
+                    match check_key_value(attribute, 1) {
+                        Ok((key, value)) => {
+                            facts.observe(key, value);
+                            fields.attributes.push(attribute);
+                        }
+                        Err(TOO_DEEP) => fields.too_deep.attributes += 1,
+                        Err(error) => return Err(error),
+                    }
                 }
                 10 => expect(wire_type, VARINT)
                     .and_then(|()| reader.varint())
@@ -457,8 +476,11 @@ impl State<'_> {
                 11 => {
                     expect(wire_type, LEN)?;
                     let event = reader.length_delimited()?;
-                    check_event(event)?;
-                    fields.events.push(event);
+                    match check_event(event) {
+                        Ok(()) => fields.events.push(event),
+                        Err(TOO_DEEP) => fields.too_deep.events += 1,
+                        Err(error) => return Err(error),
+                    }
                 }
                 12 => expect(wire_type, VARINT)
                     .and_then(|()| reader.varint())
@@ -466,8 +488,11 @@ impl State<'_> {
                 13 => {
                     expect(wire_type, LEN)?;
                     let link = reader.length_delimited()?;
-                    check_link(link)?;
-                    fields.links.push(link);
+                    match check_link(link) {
+                        Ok(()) => fields.links.push(link),
+                        Err(TOO_DEEP) => fields.too_deep.links += 1,
+                        Err(error) => return Err(error),
+                    }
                 }
                 14 => expect(wire_type, VARINT)
                     .and_then(|()| reader.varint())
@@ -578,6 +603,15 @@ struct SpanFields<'a> {
     status_message: &'a str,
     status_code: i32,
     flags: u32,
+    /// Attributes, events and links dropped for nesting too deep, added to the dropped counts.
+    too_deep: TooDeep,
+}
+
+#[derive(Default)]
+struct TooDeep {
+    attributes: u32,
+    events: u32,
+    links: u32,
 }
 
 impl SpanFields<'_> {
@@ -587,15 +621,15 @@ impl SpanFields<'_> {
         for attribute in &self.attributes {
             put_len(out, 1, attribute);
         }
-        put_count(out, 2, self.dropped_attributes);
+        put_count_plus(out, 2, self.dropped_attributes, self.too_deep.attributes);
         for event in &self.events {
             put_len(out, 3, event);
         }
-        put_count(out, 4, self.dropped_events);
+        put_count_plus(out, 4, self.dropped_events, self.too_deep.events);
         for link in &self.links {
             put_len(out, 5, link);
         }
-        put_count(out, 6, self.dropped_links);
+        put_count_plus(out, 6, self.dropped_links, self.too_deep.links);
         if !self.trace_state.is_empty() {
             put_len(out, 7, self.trace_state.as_bytes());
         }
@@ -619,7 +653,12 @@ impl SpanFields<'_> {
 
 /// A `uint32` count (OTLP declares them `uint32`; a larger varint is truncated as prost truncates it).
 fn put_count(out: &mut Vec<u8>, field: u32, count: u64) {
-    let count = count as u32;
+    put_count_plus(out, field, count, 0);
+}
+
+/// A received `uint32` count plus what tracepost dropped itself (saturating).
+fn put_count_plus(out: &mut Vec<u8>, field: u32, count: u64, more: u32) {
+    let count = (count as u32).saturating_add(more);
     if count != 0 {
         put_key(out, field, VARINT);
         put_varint(out, u64::from(count));
@@ -631,6 +670,7 @@ fn put_count(out: &mut Vec<u8>, field: u32, count: u64) {
 /// schema URL (5).
 fn encode_scope(scopes: &[&[u8]], schema_url: &str) -> Result<Vec<u8>> {
     let (mut name, mut version, mut dropped) = ("", "", 0u64);
+    let mut too_deep = 0u32;
     let mut attributes = Vec::new();
     for scope in scopes {
         let mut reader = Reader::new(scope);
@@ -646,8 +686,11 @@ fn encode_scope(scopes: &[&[u8]], schema_url: &str) -> Result<Vec<u8>> {
                 3 => {
                     expect(wire_type, LEN)?;
                     let attribute = reader.length_delimited()?;
-                    check_key_value(attribute, 0)?;
-                    attributes.push(attribute);
+                    match check_key_value(attribute, 1) {
+                        Ok(_) => attributes.push(attribute),
+                        Err(TOO_DEEP) => too_deep += 1,
+                        Err(error) => return Err(error),
+                    }
                 }
                 4 => expect(wire_type, VARINT)
                     .and_then(|()| reader.varint())
@@ -666,7 +709,7 @@ fn encode_scope(scopes: &[&[u8]], schema_url: &str) -> Result<Vec<u8>> {
     for attribute in attributes {
         put_len(&mut scope, 3, attribute);
     }
-    put_count(&mut scope, 4, dropped);
+    put_count_plus(&mut scope, 4, dropped, too_deep);
     if !schema_url.is_empty() {
         put_len(&mut scope, 5, schema_url.as_bytes());
     }
@@ -749,11 +792,80 @@ mod tests {
             "[a-z.]{0,10}",
             "[a-z\\x00]{1,5}",
         ];
-        (key, value()).prop_map(|(key, value)| KeyValue {
+        let shallow = (key, value()).prop_map(|(key, value)| KeyValue {
             key,
             value,
             ..Default::default()
-        })
+        });
+        // Now and then an attribute nested around the storage limit, on both sides of it.
+        let deep = (MAX_ATTRIBUTE_NESTING - 4..MAX_ATTRIBUTE_NESTING + 6).prop_map(deep_attribute);
+        prop_oneof![12 => shallow, 1 => deep]
+    }
+
+    /// An OTLP attribute nested exactly `levels` messages deep (as `tracepost_storage::limits` counts), made
+    /// of arrays and, for odd levels, one key-value list.
+    fn deep_attribute(levels: u32) -> KeyValue {
+        let mut remaining = levels.max(4) - 2;
+        let mut value = AnyValue {
+            value: Some(any_value::Value::StringValue("leaf".into())),
+        };
+        if remaining % 2 == 1 {
+            value = AnyValue {
+                value: Some(any_value::Value::KvlistValue(KeyValueList {
+                    values: vec![KeyValue {
+                        key: "m".into(),
+                        value: Some(value),
+                        ..Default::default()
+                    }],
+                })),
+            };
+            remaining -= 3;
+        }
+        while remaining > 0 {
+            value = AnyValue {
+                value: Some(any_value::Value::ArrayValue(ArrayValue { values: vec![value] })),
+            };
+            remaining -= 2;
+        }
+        KeyValue {
+            key: "deep".into(),
+            value: Some(value),
+            ..Default::default()
+        }
+    }
+
+    /// The `detail` column of every binary COPY row.
+    fn details(rows: &[u8]) -> Vec<Vec<u8>> {
+        let mut details = Vec::new();
+        let mut at = 0;
+        let mut take = |at: &mut usize, n: usize| {
+            let bytes = &rows[*at..*at + n];
+            *at += n;
+            bytes
+        };
+        while at < rows.len() {
+            let columns = i16::from_be_bytes(take(&mut at, 2).try_into().unwrap());
+            let mut last = Vec::new();
+            for _ in 0..columns {
+                let length = i32::from_be_bytes(take(&mut at, 4).try_into().unwrap());
+                if length >= 0 {
+                    last = take(&mut at, length as usize).to_vec();
+                }
+            }
+            details.push(last);
+        }
+        details
+    }
+
+    /// Whatever a conversion stored, the reader's decoders read.
+    fn assert_readable(converted: &Converted) -> std::result::Result<(), TestCaseError> {
+        for detail in details(&converted.encoded.rows) {
+            prop_assert!(tracepost_storage::model::SpanDetail::decode(detail.as_slice()).is_ok());
+        }
+        for resource in &converted.encoded.resources {
+            prop_assert!(tracepost_storage::model::Resource::decode(resource.body.as_ref()).is_ok());
+        }
+        Ok(())
     }
 
     fn id(length: usize) -> impl Strategy<Value = Vec<u8>> {
@@ -913,6 +1025,15 @@ mod tests {
             prop_assert_eq!(&fast.metrics, &slow.metrics);
         }
 
+        /// Acknowledged implies readable: every span and resource either path stores decodes on read.
+        #[test]
+        fn what_ingest_accepts_the_reader_decodes(request in request()) {
+            let bytes = request.encode_to_vec();
+            let fast = convert_protobuf(&bytes, &config()).expect("prost's own encoding decodes");
+            assert_readable(&fast)?;
+            assert_readable(&convert_request(request, &config()))?;
+        }
+
         /// Corrupted bodies are errors or agree with prost on what they hold; they never panic.
         #[test]
         fn corrupted_bodies_never_panic(request in request(), flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4), cut in any::<prop::sample::Index>()) {
@@ -970,20 +1091,74 @@ mod tests {
     }
 
     #[test]
-    fn deeply_nested_values_hit_the_recursion_limit_instead_of_the_stack() {
-        let mut value = AnyValue {
-            value: Some(any_value::Value::IntValue(1)),
-        };
-        for _ in 0..200 {
-            value = AnyValue {
-                value: Some(any_value::Value::ArrayValue(ArrayValue { values: vec![value] })),
-            };
+    fn deeply_nested_values_hit_the_nesting_limit_instead_of_the_stack() {
+        // A KeyValue whose value nests 50,000 arrays, encoded by hand from the inside out (prost's encoder
+        // would recurse as deep): the bytes are built reversed, then turned around.
+        fn push_reversed_len(reversed: &mut Vec<u8>, tag: u8) {
+            let mut length = Vec::new();
+            put_varint(&mut length, reversed.len() as u64);
+            reversed.extend(length.iter().rev());
+            reversed.push(tag);
         }
-        let key_value = KeyValue {
-            key: "deep".into(),
-            value: Some(value),
-            ..Default::default()
-        };
-        assert!(check_key_value(&key_value.encode_to_vec(), 0).is_err());
+        let mut reversed = vec![0x01, 0x18]; // AnyValue { int_value: 1 }
+        for _ in 0..50_000 {
+            push_reversed_len(&mut reversed, 0x0a); // ArrayValue.values
+            push_reversed_len(&mut reversed, 0x2a); // AnyValue.array_value
+        }
+        push_reversed_len(&mut reversed, 0x12); // KeyValue.value
+        reversed.extend_from_slice(b"peed\x04\x0a"); // KeyValue.key = "deep"
+        reversed.reverse();
+        assert_eq!(check_key_value(&reversed, 1), Err(TOO_DEEP));
+    }
+
+    /// The report's request: a span whose attribute nests arrays 50-99 levels (or key-value lists 45-49)
+    /// was acknowledged and then made every read of its trace fail. Now the attribute is dropped and
+    /// counted, the rest of the span is stored, and what is stored decodes.
+    #[test]
+    fn a_span_with_an_attribute_nested_too_deep_is_stored_without_it() {
+        for levels in [MAX_ATTRIBUTE_NESTING, MAX_ATTRIBUTE_NESTING + 1, 99, 100, 150, 199] {
+            let span = Span {
+                trace_id: vec![1; 16],
+                span_id: vec![2; 8],
+                name: "deep".into(),
+                start_time_unix_nano: 1,
+                end_time_unix_nano: 2,
+                attributes: vec![
+                    KeyValue {
+                        key: "kept".into(),
+                        value: Some(AnyValue {
+                            value: Some(any_value::Value::StringValue("yes".into())),
+                        }),
+                        ..Default::default()
+                    },
+                    deep_attribute(levels),
+                ],
+                events: vec![span::Event {
+                    name: "with a deep attribute".into(),
+                    attributes: vec![deep_attribute(levels)],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            let request = ExportTraceServiceRequest {
+                resource_spans: vec![ResourceSpans {
+                    scope_spans: vec![ScopeSpans {
+                        spans: vec![span],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+            };
+            let converted = convert_protobuf(&request.encode_to_vec(), &config()).expect("accepted");
+            assert_eq!(converted.encoded.span_count, 1, "{levels}");
+            let details = details(&converted.encoded.rows);
+            let detail = tracepost_storage::model::SpanDetail::decode(details[0].as_slice()).expect("readable");
+            let dropped = u32::from(levels > MAX_ATTRIBUTE_NESTING);
+            assert_eq!(detail.attributes.len() as u32, 2 - dropped, "{levels}");
+            assert_eq!(detail.attributes[0].as_str(), Some("yes"));
+            assert_eq!(detail.dropped_attributes_count, dropped, "{levels}");
+            assert_eq!(detail.events.len() as u32, 1 - dropped, "{levels}");
+            assert_eq!(detail.dropped_events_count, dropped, "{levels}");
+        }
     }
 }

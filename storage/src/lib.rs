@@ -4,6 +4,7 @@
 pub mod copy;
 pub mod db;
 pub mod dependencies;
+pub mod limits;
 pub mod model;
 pub mod partitions;
 pub mod reader;
