@@ -16,14 +16,26 @@ pub const DEFAULT_MAX_OPERATIONS_PER_SERVICE: usize = 1000;
 /// Entries remembered as recorded before the memory is cleared (costing a few redundant upserts).
 const KNOWN_CAP: usize = 200_000;
 
+/// (service, operation) pairs remembered for the per-service caps, all services together, before that memory
+/// is cleared: a client inventing service names cannot grow it without bound (after a clear, each service may
+/// list up to its cap again, so the dictionary grows by at most one cap per service per clear).
+const PER_SERVICE_CAP: usize = 200_000;
+
 /// Shared by every request of the process.
 #[derive(Debug)]
 pub struct OperationCatalog {
     /// Hashes of (service, name, kind, day) recorded or being recorded.
     known: RwLock<HashSet<u64>>,
     /// Per service hash, the hashes of its (name, kind) pairs admitted so far.
-    per_service: Mutex<HashMap<u64, HashSet<u64>>>,
+    per_service: Mutex<PerService>,
     max_per_service: usize,
+}
+
+#[derive(Debug, Default)]
+struct PerService {
+    names: HashMap<u64, HashSet<u64>>,
+    /// Pairs held in `names`, all services together.
+    pairs: usize,
 }
 
 impl Default for OperationCatalog {
@@ -60,13 +72,18 @@ impl OperationCatalog {
         }
         let mut rows = Vec::new();
         let mut keys = Vec::new();
+        if per_service.pairs + candidates.len() > PER_SERVICE_CAP {
+            *per_service = PerService::default();
+        }
         for candidate in candidates {
-            let names = per_service.entry(candidate.service_hash).or_default();
+            let PerService { names, pairs } = &mut *per_service;
+            let names = names.entry(candidate.service_hash).or_default();
             if !names.contains(&candidate.operation_hash) {
                 if names.len() >= self.max_per_service {
                     continue;
                 }
                 names.insert(candidate.operation_hash);
+                *pairs += 1;
             }
             if known.insert(candidate.key) {
                 keys.push(candidate.key);
@@ -208,5 +225,22 @@ mod tests {
         let (rows, _) = request.finish(&catalog);
         assert_eq!(rows.iter().filter(|row| row.service == "linkerd").count(), 3);
         assert_eq!(rows.iter().filter(|row| row.service == "other").count(), 1);
+    }
+
+    /// The report: `per_service` grew with every service name a client invented. Now the memory behind the
+    /// per-service caps holds at most `PER_SERVICE_CAP` pairs whatever the number of services.
+    #[test]
+    fn a_client_inventing_service_names_cannot_grow_the_catalog_without_bound() {
+        let catalog = OperationCatalog::new(3);
+        for batch in 0..50 {
+            let mut request = RequestOperations::default();
+            for service in 0..10_000 {
+                request.observe(&catalog, &format!("svc-{batch}-{service}"), "GET /", 2, 1);
+            }
+            request.finish(&catalog);
+            let per_service = catalog.per_service.lock().expect("lock");
+            assert!(per_service.pairs <= PER_SERVICE_CAP, "{}", per_service.pairs);
+            assert!(per_service.names.len() <= PER_SERVICE_CAP);
+        }
     }
 }

@@ -32,6 +32,8 @@ pub enum RejectReason {
     InvalidParentSpanId,
     MissingStartTime,
     EndBeforeStart,
+    /// An OTLP/JSON span that does not decode (a trace ID that is not hex, a value of the wrong type).
+    MalformedSpan,
 }
 
 impl RejectReason {
@@ -42,6 +44,7 @@ impl RejectReason {
             Self::InvalidParentSpanId => "invalid_parent_span_id",
             Self::MissingStartTime => "missing_start_time",
             Self::EndBeforeStart => "end_before_start",
+            Self::MalformedSpan => "malformed_span",
         }
     }
 
@@ -52,6 +55,7 @@ impl RejectReason {
             Self::InvalidParentSpanId => "parent span id must be empty or 8 bytes",
             Self::MissingStartTime => "start time must not be zero",
             Self::EndBeforeStart => "end time must not be before start time",
+            Self::MalformedSpan => "span is not valid OTLP/JSON (IDs must be hex, times decimal strings or numbers)",
         }
     }
 }

@@ -1,19 +1,16 @@
-//! OTLP/HTTP: `POST /v1/traces` with protobuf or JSON bodies, optionally gzip-compressed.
-
-use std::io::Read;
+//! OTLP/HTTP: `POST /v1/traces` with protobuf or JSON bodies, optionally gzip- or zstd-compressed.
 
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
 
+use crate::body::Encoding;
 use crate::grpc::RETRY_AFTER;
-use crate::ingest::{ExportError, Ingest, PayloadFormat, Transport};
+use crate::ingest::{ExportError, ExportRequest, Ingest, PayloadFormat, Transport};
 
 /// The OTLP/HTTP router: `POST /v1/traces`.
 pub fn http_router(ingest: Ingest) -> axum::Router {
@@ -31,14 +28,25 @@ async fn export(State(ingest): State<Ingest>, request: Request) -> Response {
             &error.to_string(),
         );
     };
-    let body = match read_body(&ingest, request).await {
-        Ok(body) => body,
-        Err(error) => {
+    let headers = request.headers();
+    let header = |name| headers.get(name).and_then(|value| value.to_str().ok());
+    let encoding = match Encoding::parse(header(header::CONTENT_ENCODING)) {
+        Ok(encoding) => encoding,
+        Err(reason) => {
+            let error = ExportError::Decode(reason);
             ingest.count_refusal(Transport::Http, &error);
             return export_error_response(format, &error);
         }
     };
-    match ingest.export_bytes(body, format, Transport::Http).await {
+    let content_length = header(header::CONTENT_LENGTH).and_then(|value| value.parse().ok());
+    let export = ExportRequest {
+        body: request.into_body(),
+        content_length,
+        encoding,
+        grpc_framed: false,
+        format,
+    };
+    match ingest.export(export, Transport::Http).await {
         Ok(response) => success_response(format, &response),
         Err(error) => export_error_response(format, &error),
     }
@@ -52,50 +60,6 @@ fn payload_format(headers: &HeaderMap) -> Option<PayloadFormat> {
         "application/json" => Some(PayloadFormat::Json),
         _ => None,
     }
-}
-
-/// Reads the body, capping both the bytes on the wire and the bytes after gzip decompression.
-async fn read_body(ingest: &Ingest, request: Request) -> Result<Bytes, ExportError> {
-    let limit = ingest.max_request_bytes();
-    let encoding = request
-        .headers()
-        .get(header::CONTENT_ENCODING)
-        .and_then(|value| value.to_str().ok())
-        .map(|value| value.trim().to_ascii_lowercase());
-    let gzip = match encoding.as_deref() {
-        None | Some("") | Some("identity") => false,
-        Some("gzip") => true,
-        Some(other) => {
-            return Err(ExportError::Decode(format!(
-                "unsupported content-encoding {other:?}: use gzip"
-            )))
-        }
-    };
-    let body = Limited::new(request.into_body(), limit)
-        .collect()
-        .await
-        .map_err(|error| {
-            if error.downcast_ref::<LengthLimitError>().is_some() {
-                ExportError::TooLarge(format!("body exceeds {limit} bytes"))
-            } else {
-                ExportError::Decode(format!("cannot read body: {error}"))
-            }
-        })?;
-    let body = body.to_bytes();
-    if !gzip {
-        return Ok(body);
-    }
-    let mut decompressed = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
-    flate2::read::GzDecoder::new(body.as_ref())
-        .take(limit as u64 + 1)
-        .read_to_end(&mut decompressed)
-        .map_err(|error| ExportError::Decode(format!("invalid gzip body: {error}")))?;
-    if decompressed.len() > limit {
-        return Err(ExportError::TooLarge(format!(
-            "decompressed body exceeds {limit} bytes"
-        )));
-    }
-    Ok(Bytes::from(decompressed))
 }
 
 fn success_response(format: PayloadFormat, response: &ExportTraceServiceResponse) -> Response {
@@ -117,6 +81,7 @@ fn export_error_response(format: PayloadFormat, error: &ExportError) -> Response
     let status = match error {
         ExportError::Decode(_) => StatusCode::BAD_REQUEST,
         ExportError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        ExportError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
         ExportError::Ingest(ingest) if ingest.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
         ExportError::Ingest(_) => StatusCode::BAD_REQUEST,
     };
@@ -159,6 +124,7 @@ fn grpc_code_for(status: StatusCode) -> i32 {
         StatusCode::BAD_REQUEST | StatusCode::UNSUPPORTED_MEDIA_TYPE => tonic::Code::InvalidArgument as i32,
         StatusCode::PAYLOAD_TOO_LARGE => tonic::Code::ResourceExhausted as i32,
         StatusCode::SERVICE_UNAVAILABLE => tonic::Code::Unavailable as i32,
+        StatusCode::REQUEST_TIMEOUT => tonic::Code::DeadlineExceeded as i32,
         _ => tonic::Code::Internal as i32,
     }
 }

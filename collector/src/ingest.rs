@@ -1,15 +1,18 @@
 //! The one ingest function both transports call.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use bytes::Bytes;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use axum::body::Body;
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
-use crate::convert::{convert_request, ConvertConfig, Converted};
+use crate::body::{self, Encoding};
+use crate::convert::{ConvertConfig, Converted};
+use crate::json::{self, convert_json};
 use crate::metrics::{ReasonLabels, RefusalLabels, TransportLabels};
-use crate::pipeline::{IngestError, Pipeline};
+use crate::pipeline::{IngestError, Pipeline, Reservation};
 use crate::wire::convert_protobuf;
 use crate::CollectorMetrics;
 
@@ -36,13 +39,16 @@ pub enum PayloadFormat {
     Json,
 }
 
-/// Why a request was refused whole.
+/// Why a request was refused whole. Messages are for clients: they never carry internal detail (storage
+/// errors are logged, not returned).
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     #[error("cannot decode request: {0}")]
     Decode(String),
     #[error("request too large: {0}")]
     TooLarge(String),
+    #[error("request timed out: {0}")]
+    Timeout(String),
     #[error(transparent)]
     Ingest(#[from] IngestError),
 }
@@ -52,9 +58,47 @@ impl ExportError {
         match self {
             Self::Decode(_) => "decode_error",
             Self::TooLarge(_) => "too_large",
+            Self::Timeout(_) => "body_timeout",
             Self::Ingest(error) => error.label(),
         }
     }
+}
+
+/// The limits every OTLP request is held to, from its first byte. Each is a setting of the binary.
+#[derive(Clone, Debug)]
+pub struct IngestLimits {
+    /// Cap on a request body, compressed and decompressed.
+    pub max_request_bytes: usize,
+    /// Requests being read, decoded or written at once, per process; more wait for the admission wait.
+    pub max_concurrent_requests: usize,
+    /// The whole body must arrive within this time of the request's start.
+    pub body_read_timeout: Duration,
+    /// Every request is answered (acknowledged or refused) within this time of its start: shorter than the
+    /// 10 s OTLP clients wait by default.
+    pub export_timeout: Duration,
+}
+
+impl Default for IngestLimits {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: crate::DEFAULT_MAX_REQUEST_BYTES,
+            max_concurrent_requests: 64,
+            body_read_timeout: Duration::from_secs(5),
+            export_timeout: Duration::from_secs(8),
+        }
+    }
+}
+
+/// An OTLP request body as a receiver hands it over, unread.
+#[derive(Debug)]
+pub struct ExportRequest {
+    pub body: Body,
+    /// The declared length, if any (checked against the cap before reading).
+    pub content_length: Option<u64>,
+    pub encoding: Encoding,
+    /// gRPC: the body is one length-prefixed message whose compressed flag says whether `encoding` applies.
+    pub grpc_framed: bool,
+    pub format: PayloadFormat,
 }
 
 /// Converts, admits and commits OTLP export requests.
@@ -68,56 +112,127 @@ struct Inner {
     pipeline: Pipeline,
     convert: ConvertConfig,
     metrics: CollectorMetrics,
-    max_request_bytes: usize,
+    limits: IngestLimits,
+    requests: Arc<Semaphore>,
 }
 
 impl Ingest {
-    pub fn new(
-        pipeline: Pipeline,
-        convert: ConvertConfig,
-        metrics: CollectorMetrics,
-        max_request_bytes: usize,
-    ) -> Self {
+    pub fn new(pipeline: Pipeline, convert: ConvertConfig, metrics: CollectorMetrics, limits: IngestLimits) -> Self {
+        let requests = Arc::new(Semaphore::new(limits.max_concurrent_requests.max(1)));
         Self {
             inner: Arc::new(Inner {
                 pipeline,
                 convert,
                 metrics,
-                max_request_bytes,
+                limits,
+                requests,
             }),
         }
     }
 
     /// The cap on compressed and on decompressed request bodies.
     pub fn max_request_bytes(&self) -> usize {
-        self.inner.max_request_bytes
+        self.inner.limits.max_request_bytes
     }
 
-    /// Decodes and exports an OTLP body (already decompressed): protobuf through the wire fast path,
-    /// JSON through the generated types.
-    pub async fn export_bytes(
+    /// Reads, decodes and exports one OTLP request under the limits: a request slot, the body reserved from
+    /// the memory budget as it arrives and read before the body deadline, decompression and decoding on the
+    /// blocking pool with their memory reserved first, and an answer before the export deadline.
+    pub async fn export(
         &self,
-        body: Bytes,
-        format: PayloadFormat,
+        request: ExportRequest,
         transport: Transport,
     ) -> Result<ExportTraceServiceResponse, ExportError> {
-        let inner = self.inner.clone();
-        let converted = self
-            .run_blocking(move || match format {
-                PayloadFormat::Protobuf => convert_protobuf(&body, &inner.convert)
-                    .map_err(|error| ExportError::Decode(format!("invalid protobuf: {error}"))),
-                PayloadFormat::Json => {
-                    let request: ExportTraceServiceRequest = serde_json::from_slice(&body)
-                        .map_err(|error| ExportError::Decode(format!("invalid json: {error}")))?;
-                    Ok(convert_request(request, &inner.convert))
-                }
-            })
-            .await;
-        self.finish(converted, transport).await
+        self.count_request(transport);
+        let outcome = self.export_inner(request, transport).await;
+        if let Err(error) = &outcome {
+            self.count_refused_request(transport, error);
+        }
+        outcome
     }
 
-    /// Counts a request refused before it reached [`Ingest::export`] (size, encoding, content type).
+    async fn export_inner(
+        &self,
+        request: ExportRequest,
+        transport: Transport,
+    ) -> Result<ExportTraceServiceResponse, ExportError> {
+        let inner = &self.inner;
+        let started = Instant::now();
+        let deadline = started + inner.limits.export_timeout;
+        let _slot = tokio::time::timeout(inner.pipeline_admission_wait(), inner.requests.clone().acquire_owned())
+            .await
+            .map_err(|_| ExportError::Ingest(IngestError::Overloaded))?
+            .map_err(|_| ExportError::Ingest(IngestError::ShuttingDown))?;
+        let budget = inner.pipeline.budget().clone();
+        let limit = inner.limits.max_request_bytes;
+        let mut reservation = Reservation::default();
+        let read_deadline = deadline.min(started + inner.limits.body_read_timeout);
+        let raw = body::read(
+            request.body,
+            request.content_length,
+            limit,
+            &budget,
+            &mut reservation,
+            read_deadline,
+        )
+        .await?;
+        let (message, encoding) = if request.grpc_framed {
+            let (message, compressed) = body::unframe_grpc(&raw)?;
+            match (compressed, request.encoding) {
+                (false, _) => (message, Encoding::Identity),
+                (true, Encoding::Identity) => {
+                    return Err(ExportError::Decode(
+                        "compressed gRPC message without a grpc-encoding header".into(),
+                    ))
+                }
+                (true, encoding) => (message, encoding),
+            }
+        } else {
+            (raw, request.encoding)
+        };
+        let format = request.format;
+        let this = self.inner.clone();
+        let runtime = tokio::runtime::Handle::current();
+        let converted = tokio::task::spawn_blocking(move || {
+            let compressed_len = message.len();
+            let message = body::decompress(encoding, message, limit, &budget, &runtime, &mut reservation, deadline)?;
+            let decoded_len = if encoding == Encoding::Identity {
+                0
+            } else {
+                message.len()
+            };
+            let cost = match format {
+                PayloadFormat::Protobuf => message.len().saturating_mul(2).saturating_add(PROTOBUF_OVERHEAD),
+                PayloadFormat::Json => json::decode_cost(&message),
+            };
+            budget
+                .reserve_blocking(
+                    &runtime,
+                    &mut reservation,
+                    compressed_len + decoded_len + cost,
+                    deadline,
+                )
+                .map_err(|error| body::budget_error(error, "decoding the request"))?;
+            let converted = match format {
+                PayloadFormat::Protobuf => convert_protobuf(&message, &this.convert)
+                    .map_err(|error| ExportError::Decode(format!("invalid protobuf: {error}")))?,
+                PayloadFormat::Json => convert_json(&message, &this.convert)
+                    .map_err(|error| ExportError::Decode(format!("invalid json: {error}")))?,
+            };
+            Ok((converted, reservation))
+        })
+        .await
+        .unwrap_or_else(|_| Err(ExportError::Decode("the request could not be processed".into())))?;
+        self.finish(converted.0, converted.1, deadline, transport).await
+    }
+
+    /// Counts a request refused before it reached [`Ingest::export`] (content type, encoding).
     pub fn count_refusal(&self, transport: Transport, error: &ExportError) {
+        self.count_request(transport);
+        self.count_refused_request(transport, error);
+    }
+
+    fn count_request(&self, transport: Transport) {
         self.inner
             .metrics
             .requests
@@ -125,7 +240,6 @@ impl Ingest {
                 transport: transport.label(),
             })
             .inc();
-        self.count_refused_request(transport, error);
     }
 
     fn count_refused_request(&self, transport: Transport, error: &ExportError) {
@@ -139,49 +253,38 @@ impl Ingest {
             .inc();
     }
 
-    /// Decoding and conversion are CPU work: keep them off the async workers.
-    async fn run_blocking(
-        &self,
-        work: impl FnOnce() -> Result<Converted, ExportError> + Send + 'static,
-    ) -> Result<Converted, ExportError> {
-        tokio::task::spawn_blocking(work)
-            .await
-            .unwrap_or_else(|error| Err(ExportError::Decode(format!("request could not be processed: {error}"))))
-    }
-
     async fn finish(
         &self,
-        converted: Result<Converted, ExportError>,
+        converted: Converted,
+        reservation: Reservation,
+        deadline: Instant,
         transport: Transport,
     ) -> Result<ExportTraceServiceResponse, ExportError> {
         let metrics = &self.inner.metrics;
-        let converted = match converted {
-            Ok(converted) => converted,
-            Err(error) => {
-                metrics
-                    .requests
-                    .get_or_create(&TransportLabels {
-                        transport: transport.label(),
-                    })
-                    .inc();
-                self.count_refused_request(transport, &error);
-                return Err(error);
-            }
-        };
+        let rejected = converted.rejected_count();
+        let accepted = converted.encoded.span_count as u64;
+        metrics
+            .spans_received
+            .get_or_create(&TransportLabels {
+                transport: transport.label(),
+            })
+            .inc_by(accepted + rejected);
         for (reason, count) in &converted.rejected {
             metrics
                 .spans_rejected
                 .get_or_create(&ReasonLabels { reason: reason.label() })
                 .inc_by(*count);
         }
-        let rejected = converted.rejected_count();
         let message = converted.rejection_message();
-        let accepted = converted.encoded.span_count as u64;
         let span_metrics = converted.metrics;
-        if let Err(error) = self.inner.pipeline.submit(converted.encoded).await {
+        if let Err(error) = self
+            .inner
+            .pipeline
+            .submit(converted.encoded, reservation, deadline)
+            .await
+        {
             self.inner.convert.catalog.forget(&converted.operation_keys);
             let error = ExportError::from(error);
-            self.count_refused_request(transport, &error);
             metrics
                 .spans_refused
                 .get_or_create(&ReasonLabels { reason: error.label() })
@@ -197,5 +300,14 @@ impl Ingest {
             error_message: message,
         });
         Ok(ExportTraceServiceResponse { partial_success })
+    }
+}
+
+/// Room for the fast path's per-request buffers beyond twice the body (scratch detail, operation rows).
+const PROTOBUF_OVERHEAD: usize = 4 << 10;
+
+impl Inner {
+    fn pipeline_admission_wait(&self) -> Duration {
+        self.pipeline.admission_wait()
     }
 }

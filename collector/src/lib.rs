@@ -3,11 +3,13 @@
 //!
 //! Depends on `tracepost-storage` only (never on the query crate).
 
+pub mod body;
 pub mod catalog;
 pub mod convert;
 pub mod grpc;
 pub mod http;
 pub mod ingest;
+pub mod json;
 pub mod metrics;
 pub mod normalize;
 pub mod pipeline;
@@ -15,13 +17,14 @@ pub mod red;
 pub mod routes;
 pub mod wire;
 
+pub use body::Encoding;
 pub use catalog::OperationCatalog;
 pub use convert::ConvertConfig;
 pub use grpc::grpc_router;
 pub use http::http_router;
-pub use ingest::{ExportError, Ingest, PayloadFormat, Transport};
+pub use ingest::{ExportError, ExportRequest, Ingest, IngestLimits, PayloadFormat, Transport};
 pub use metrics::CollectorMetrics;
-pub use pipeline::{IngestError, Pipeline, PipelineConfig, PipelineTasks};
+pub use pipeline::{IngestError, MemoryBudget, Pipeline, PipelineConfig, PipelineTasks, Reservation};
 pub use red::{RedConfig, SpanMetrics};
 pub use routes::RouteRules;
 

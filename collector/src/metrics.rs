@@ -35,6 +35,8 @@ pub struct CollectorMetrics {
     pub batches_committed: Counter,
     pub batch_write_retries: Counter,
     pub batch_write_failures: Counter,
+    pub batch_outcome_unknown: Counter,
+    pub requests_expired: Counter,
     pub spans_failed: Counter,
     pub batch_write_seconds: Histogram,
     pub batch_spans: Histogram,
@@ -54,6 +56,8 @@ impl Default for CollectorMetrics {
             batches_committed: Counter::default(),
             batch_write_retries: Counter::default(),
             batch_write_failures: Counter::default(),
+            batch_outcome_unknown: Counter::default(),
+            requests_expired: Counter::default(),
             spans_failed: Counter::default(),
             batch_write_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             batch_spans: Histogram::new(exponential_buckets(1.0, 4.0, 9)),
@@ -106,6 +110,16 @@ impl CollectorMetrics {
             "batch_write_failures",
             "Batches given up after the retry budget (their requests got a retryable error)",
             self.batch_write_failures.clone(),
+        );
+        registry.register(
+            "batch_outcome_unknown",
+            "Batches whose COMMIT PostgreSQL never answered (their clients got a retryable error; a retry is read once)",
+            self.batch_outcome_unknown.clone(),
+        );
+        registry.register(
+            "requests_expired",
+            "Requests refused unwritten because their deadline (--export-timeout) passed before a writer was free",
+            self.requests_expired.clone(),
         );
         registry.register(
             "spans_failed",

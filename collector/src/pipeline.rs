@@ -10,9 +10,16 @@
 //!        └────────── ack ◀──── writer tasks (one COPY + COMMIT per batch, bounded retries)
 //! ```
 //!
-//! A request is acknowledged only after the transaction holding its spans has committed. Its admission permit
-//! travels with its spans and is released when they are committed or failed, so memory held by the pipeline
-//! never exceeds `max_inflight_bytes` (plus one oversized request at most).
+//! A request is acknowledged only after the transaction holding its spans has committed. The memory a request
+//! costs is reserved from one [`MemoryBudget`] (`max_inflight_bytes`) from its first byte: the receivers
+//! reserve the body as it arrives and its decompression and decoding before they run, the reservation shrinks
+//! to the encoded rows after conversion and travels with them until they are committed or failed. So the
+//! memory all requests hold together never exceeds `max_inflight_bytes`.
+//!
+//! Every request carries a deadline (`export_timeout` after its first byte). A writer refuses requests whose
+//! deadline has passed before it writes them, bounds each transaction by the earliest deadline of its batch
+//! (`statement_timeout` / `lock_timeout` set locally, so PostgreSQL itself aborts a statement that waits), and
+//! a refused request is therefore never committed later.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -63,9 +70,11 @@ impl Default for PipelineConfig {
 pub enum IngestError {
     #[error("server overloaded: spans in flight exceed the admission limit, retry later")]
     Overloaded,
-    #[error("storage unavailable: {0}")]
+    /// The reason is for the log; clients are told only that storage is unavailable.
+    #[error("storage unavailable, retry later")]
     Unavailable(String),
-    #[error("storage refused the spans: {0}")]
+    /// The reason is for the log; clients are told only that storage refused the request's data.
+    #[error("storage refused the request's spans")]
     Refused(String),
     #[error("server is shutting down")]
     ShuttingDown,
@@ -91,18 +100,20 @@ impl IngestError {
 struct Item {
     spans: EncodedSpans,
     ack: oneshot::Sender<Result<(), IngestError>>,
-    _permit: OwnedSemaphorePermit,
+    _reservation: Reservation,
     bytes: usize,
+    /// The request must be answered by then: past it, it is refused rather than written.
+    deadline: Instant,
 }
 
 /// The handle request handlers submit spans through. Cheap to clone.
 #[derive(Clone)]
 pub struct Pipeline {
     sender: Arc<Mutex<Option<mpsc::Sender<Item>>>>,
-    admission: Arc<Semaphore>,
-    admission_permits: u32,
+    budget: MemoryBudget,
     config: PipelineConfig,
     metrics: CollectorMetrics,
+    health: Arc<WriteHealth>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -138,14 +149,138 @@ impl PipelineTasks {
     }
 }
 
+/// How long past a request's deadline `submit` waits for the writer's answer before giving up on it.
+const ACK_BACKSTOP: Duration = Duration::from_millis(1500);
+
 /// Admission is counted in KiB so that the semaphore's `u32` permits cover any sensible limit.
 const PERMIT_BYTES: usize = 1024;
+
+/// The memory all requests in flight may hold together: body, decompressed body, decoding and encoded rows.
+#[derive(Clone, Debug)]
+pub struct MemoryBudget {
+    semaphore: Arc<Semaphore>,
+    permits: u32,
+    wait: Duration,
+}
+
+/// Memory reserved from a [`MemoryBudget`]; released when dropped.
+#[derive(Debug, Default)]
+pub struct Reservation {
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Reservation {
+    /// The bytes reserved (rounded up to KiB).
+    pub fn bytes(&self) -> usize {
+        self.permit
+            .as_ref()
+            .map_or(0, |permit| permit.num_permits() * PERMIT_BYTES)
+    }
+
+    fn permits(&self) -> usize {
+        self.permit.as_ref().map_or(0, OwnedSemaphorePermit::num_permits)
+    }
+
+    fn add(&mut self, permit: OwnedSemaphorePermit) {
+        match &mut self.permit {
+            Some(held) => held.merge(permit),
+            None => self.permit = Some(permit),
+        }
+    }
+
+    /// Gives back what is reserved beyond `bytes`.
+    pub fn shrink_to(&mut self, bytes: usize) {
+        let keep = bytes.div_ceil(PERMIT_BYTES).max(1);
+        if let Some(permit) = &mut self.permit {
+            if permit.num_permits() > keep {
+                drop(permit.split(permit.num_permits() - keep));
+            }
+        }
+    }
+}
+
+/// Why memory could not be reserved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BudgetError {
+    /// More than the whole budget: the request can never fit.
+    TooLarge,
+    /// The budget stayed full for the admission wait (or past the request's deadline).
+    Overloaded,
+    ShuttingDown,
+}
+
+impl MemoryBudget {
+    /// A budget of `bytes`; a reservation waits at most `wait` for room.
+    pub fn new(bytes: usize, wait: Duration) -> Self {
+        let permits = u32::try_from(bytes.div_ceil(PERMIT_BYTES).max(1)).unwrap_or(u32::MAX >> 3);
+        Self {
+            semaphore: Arc::new(Semaphore::new(permits as usize)),
+            permits,
+            wait,
+        }
+    }
+
+    /// The whole budget in bytes.
+    pub fn total_bytes(&self) -> usize {
+        self.permits as usize * PERMIT_BYTES
+    }
+
+    /// Grows `reservation` to hold at least `bytes`, waiting at most the admission wait (and never past
+    /// `deadline`).
+    pub async fn reserve(
+        &self,
+        reservation: &mut Reservation,
+        bytes: usize,
+        deadline: Instant,
+    ) -> Result<(), BudgetError> {
+        let wanted = bytes.div_ceil(PERMIT_BYTES);
+        let missing = wanted.saturating_sub(reservation.permits());
+        if missing == 0 {
+            return Ok(());
+        }
+        if wanted > self.permits as usize {
+            return Err(BudgetError::TooLarge);
+        }
+        let missing = missing as u32;
+        let permit = match self.semaphore.clone().try_acquire_many_owned(missing) {
+            Ok(permit) => permit,
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(BudgetError::ShuttingDown),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                let until = deadline.min(Instant::now() + self.wait);
+                tokio::time::timeout_at(until, self.semaphore.clone().acquire_many_owned(missing))
+                    .await
+                    .map_err(|_| BudgetError::Overloaded)?
+                    .map_err(|_| BudgetError::ShuttingDown)?
+            }
+        };
+        reservation.add(permit);
+        Ok(())
+    }
+
+    /// [`MemoryBudget::reserve`] from a blocking-pool thread (decompression and decoding run there).
+    pub fn reserve_blocking(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        reservation: &mut Reservation,
+        bytes: usize,
+        deadline: Instant,
+    ) -> Result<(), BudgetError> {
+        if bytes.div_ceil(PERMIT_BYTES) <= reservation.permits() {
+            return Ok(());
+        }
+        runtime.block_on(self.reserve(reservation, bytes, deadline))
+    }
+
+    /// Bytes reserved now, by all requests.
+    pub fn reserved_bytes(&self) -> usize {
+        (self.permits as usize).saturating_sub(self.semaphore.available_permits()) * PERMIT_BYTES
+    }
+}
 
 impl Pipeline {
     /// Starts the batcher and writer tasks.
     pub fn start(config: PipelineConfig, writer: Arc<SpanWriter>, metrics: CollectorMetrics) -> (Self, PipelineTasks) {
-        let admission_permits =
-            u32::try_from(config.max_inflight_bytes.div_ceil(PERMIT_BYTES).max(1)).unwrap_or(u32::MAX);
+        let health = Arc::new(WriteHealth::default());
         let (item_sender, item_receiver) = mpsc::channel(1024);
         let (batch_sender, batch_receiver) = mpsc::channel::<Vec<Item>>(config.writers.max(1));
         let batch_receiver = Arc::new(tokio::sync::Mutex::new(batch_receiver));
@@ -157,21 +292,44 @@ impl Pipeline {
                     batch_receiver.clone(),
                     writer.clone(),
                     metrics.clone(),
+                    health.clone(),
                 ))
             })
             .collect();
         let pipeline = Self {
             sender: Arc::new(Mutex::new(Some(item_sender))),
-            admission: Arc::new(Semaphore::new(admission_permits as usize)),
-            admission_permits,
+            budget: MemoryBudget::new(config.max_inflight_bytes, config.admission_wait),
             config,
             metrics,
+            health,
         };
         (pipeline, PipelineTasks { batcher, writers })
     }
 
-    /// Submits one request's spans and waits until they are committed.
-    pub async fn submit(&self, spans: EncodedSpans) -> Result<(), IngestError> {
+    /// How long a request waits for room before it is refused as overloaded.
+    pub fn admission_wait(&self) -> Duration {
+        self.config.admission_wait
+    }
+
+    /// The memory budget requests reserve from (the same one the pipeline holds their rows against).
+    pub fn budget(&self) -> &MemoryBudget {
+        &self.budget
+    }
+
+    /// Whether the database took writes lately: `Err` with the reason when the last attempt failed or a
+    /// write has been waiting on PostgreSQL longer than `stalled_after`.
+    pub fn write_health(&self, stalled_after: Duration) -> Result<(), String> {
+        self.health.check(stalled_after)
+    }
+
+    /// Submits one request's spans and waits until they are committed. `reservation` is the memory the
+    /// request holds; it is resized to the encoded rows and released once they are committed or failed.
+    pub async fn submit(
+        &self,
+        spans: EncodedSpans,
+        mut reservation: Reservation,
+        deadline: Instant,
+    ) -> Result<(), IngestError> {
         if spans.span_count == 0 {
             return Ok(());
         }
@@ -184,16 +342,15 @@ impl Pipeline {
         let bytes = spans.rows.len()
             + spans.operation_index.len()
             + spans.resources.iter().map(|row| row.body.len()).sum::<usize>();
-        let permits = u32::try_from(bytes.div_ceil(PERMIT_BYTES))
-            .unwrap_or(u32::MAX)
-            .clamp(1, self.admission_permits);
-        let permit = tokio::time::timeout(
-            self.config.admission_wait,
-            self.admission.clone().acquire_many_owned(permits),
-        )
-        .await
-        .map_err(|_| IngestError::Overloaded)?
-        .map_err(|_| IngestError::ShuttingDown)?;
+        let held = bytes.min(self.budget.total_bytes());
+        reservation.shrink_to(held);
+        self.budget
+            .reserve(&mut reservation, held, deadline)
+            .await
+            .map_err(|error| match error {
+                BudgetError::ShuttingDown => IngestError::ShuttingDown,
+                BudgetError::TooLarge | BudgetError::Overloaded => IngestError::Overloaded,
+            })?;
         let span_count = spans.span_count as i64;
         let (ack, acknowledged) = oneshot::channel();
         self.metrics.pending_spans.inc_by(span_count);
@@ -201,17 +358,28 @@ impl Pipeline {
         let item = Item {
             spans,
             ack,
-            _permit: permit,
+            _reservation: reservation,
             bytes,
+            deadline,
         };
-        if sender.send(item).await.is_err() {
-            self.metrics.pending_spans.dec_by(span_count);
-            self.metrics.inflight_bytes.dec_by(bytes as i64);
-            return Err(IngestError::ShuttingDown);
+        match tokio::time::timeout_at(deadline, sender.send(item)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => {
+                // Not queued: nothing of it can be written later.
+                self.metrics.pending_spans.dec_by(span_count);
+                self.metrics.inflight_bytes.dec_by(bytes as i64);
+                return Err(match sender.is_closed() {
+                    true => IngestError::ShuttingDown,
+                    false => IngestError::Unavailable("storage too slow: the write queue stayed full".into()),
+                });
+            }
         }
-        acknowledged
-            .await
-            .unwrap_or_else(|_| Err(IngestError::Unavailable("writer stopped".into())))
+        // The writer answers by the deadline (it refuses what it cannot start in time, and PostgreSQL's own
+        // timeouts end what it started); this wait is only a backstop.
+        match tokio::time::timeout_at(deadline + ACK_BACKSTOP, acknowledged).await {
+            Ok(outcome) => outcome.unwrap_or_else(|_| Err(IngestError::Unavailable("writer stopped".into()))),
+            Err(_) => Err(IngestError::Unavailable("storage did not answer in time".into())),
+        }
     }
 
     /// Stops taking new spans. What was submitted before is still written; see [`PipelineTasks::join`].
@@ -268,24 +436,45 @@ async fn run_batcher(config: PipelineConfig, mut items: mpsc::Receiver<Item>, ba
     }
 }
 
+/// A request needs at least this much time left for a writer to start writing it; with less it is refused
+/// (not written), so a request is never committed after its client was told it failed.
+const MIN_WRITE_TIME: Duration = Duration::from_millis(100);
+
 async fn run_writer(
     retry_budget: Duration,
     batches: Arc<tokio::sync::Mutex<mpsc::Receiver<Vec<Item>>>>,
     writer: Arc<SpanWriter>,
     metrics: CollectorMetrics,
+    health: Arc<WriteHealth>,
 ) {
     loop {
         let batch = batches.lock().await.recv().await;
         let Some(batch) = batch else { return };
-        let deadline = Instant::now() + retry_budget;
+        let now = Instant::now();
+        let (batch, expired): (Vec<Item>, Vec<Item>) =
+            batch.into_iter().partition(|item| item.deadline > now + MIN_WRITE_TIME);
+        if !expired.is_empty() {
+            metrics.requests_expired.inc_by(expired.len() as u64);
+            finish(
+                expired,
+                Err(IngestError::Unavailable(
+                    "storage too slow: not written within the request's deadline".into(),
+                )),
+                &metrics,
+            );
+        }
+        let Some(deadline) = batch.iter().map(|item| item.deadline).min() else {
+            continue;
+        };
+        let deadline = deadline.min(now + retry_budget);
         let parts: Vec<&EncodedSpans> = batch.iter().map(|item| &item.spans).collect();
-        let outcome = write_with_retry(&writer, &parts, deadline, &metrics).await;
+        let outcome = write_with_retry(&writer, &parts, deadline, &metrics, &health).await;
         match outcome {
             Err(IngestError::Refused(reason)) if batch.len() > 1 => {
                 // One request's data was refused: write each request alone so the others still land.
                 tracing::warn!(%reason, requests = batch.len(), "batch refused, writing its requests one by one");
                 for item in batch {
-                    let outcome = write_with_retry(&writer, &[&item.spans], deadline, &metrics).await;
+                    let outcome = write_with_retry(&writer, &[&item.spans], deadline, &metrics, &health).await;
                     finish(vec![item], outcome, &metrics);
                 }
             }
@@ -305,7 +494,7 @@ fn finish(batch: Vec<Item>, outcome: Result<(), IngestError>, metrics: &Collecto
         Err(error) => {
             metrics.batch_write_failures.inc();
             metrics.spans_failed.inc_by(spans as u64);
-            tracing::error!(%error, spans, "batch not written, its requests get an error");
+            tracing::error!(?error, spans, "batch not written, its requests get an error");
         }
     }
     for item in batch {
@@ -320,11 +509,15 @@ async fn write_with_retry(
     parts: &[&EncodedSpans],
     deadline: Instant,
     metrics: &CollectorMetrics,
+    health: &WriteHealth,
 ) -> Result<(), IngestError> {
     let mut backoff = Duration::from_millis(50);
     loop {
         let started = Instant::now();
-        let error = match writer.write(parts).await {
+        let attempt = health.begin();
+        let result = writer.write(parts, deadline.saturating_duration_since(started)).await;
+        health.end(attempt, result.as_ref().err());
+        let error = match result {
             Ok(()) => {
                 metrics.batch_write_seconds.observe(started.elapsed().as_secs_f64());
                 return Ok(());
@@ -334,12 +527,66 @@ async fn write_with_retry(
         if error.is_data_error() {
             return Err(IngestError::Refused(error.to_string()));
         }
-        if Instant::now() + backoff >= deadline {
+        if matches!(error, tracepost_storage::StorageError::Unanswered) {
+            metrics.batch_outcome_unknown.inc();
+            tracing::error!("PostgreSQL did not answer COMMIT; the batch may be stored (a retry is then read once)");
+            return Err(IngestError::Unavailable(error.to_string()));
+        }
+        if Instant::now() + backoff + MIN_WRITE_TIME >= deadline {
             return Err(IngestError::Unavailable(error.to_string()));
         }
         metrics.batch_write_retries.inc();
         tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "batch write failed, retrying");
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// What `/readyz` knows of the writes: which are waiting on PostgreSQL since when, and whether the last one
+/// failed.
+#[derive(Debug, Default)]
+struct WriteHealth {
+    state: Mutex<HealthState>,
+}
+
+#[derive(Debug, Default)]
+struct HealthState {
+    next: u64,
+    active: Vec<(u64, Instant)>,
+    last_failed: bool,
+}
+
+impl WriteHealth {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HealthState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn begin(&self) -> u64 {
+        let mut state = self.lock();
+        state.next += 1;
+        let id = state.next;
+        state.active.push((id, Instant::now()));
+        id
+    }
+
+    fn end(&self, id: u64, error: Option<&tracepost_storage::StorageError>) {
+        let mut state = self.lock();
+        state.active.retain(|(active, _)| *active != id);
+        // A refused value is the data's fault, not the database's.
+        state.last_failed = error.is_some_and(|error| !error.is_data_error());
+    }
+
+    fn check(&self, stalled_after: Duration) -> Result<(), String> {
+        let state = self.lock();
+        if let Some((_, since)) = state.active.iter().min_by_key(|(_, since)| *since) {
+            let waited = since.elapsed();
+            if waited > stalled_after {
+                return Err(format!("a write has waited {:.1}s on PostgreSQL", waited.as_secs_f64()));
+            }
+        }
+        if state.last_failed {
+            return Err("the last write to PostgreSQL failed (see the log)".into());
+        }
+        Ok(())
     }
 }

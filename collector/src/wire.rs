@@ -651,12 +651,8 @@ impl SpanFields<'_> {
     }
 }
 
-/// A `uint32` count (OTLP declares them `uint32`; a larger varint is truncated as prost truncates it).
-fn put_count(out: &mut Vec<u8>, field: u32, count: u64) {
-    put_count_plus(out, field, count, 0);
-}
-
-/// A received `uint32` count plus what tracepost dropped itself (saturating).
+/// A received `uint32` count (OTLP declares them `uint32`; a larger varint is truncated as prost truncates
+/// it) plus what tracepost dropped itself (saturating).
 fn put_count_plus(out: &mut Vec<u8>, field: u32, count: u64, more: u32) {
     let count = (count as u32).saturating_add(more);
     if count != 0 {
@@ -838,7 +834,7 @@ mod tests {
     fn details(rows: &[u8]) -> Vec<Vec<u8>> {
         let mut details = Vec::new();
         let mut at = 0;
-        let mut take = |at: &mut usize, n: usize| {
+        let take = |at: &mut usize, n: usize| {
             let bytes = &rows[*at..*at + n];
             *at += n;
             bytes

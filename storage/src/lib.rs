@@ -28,6 +28,9 @@ pub enum StorageError {
     Migration { version: i32, reason: String },
     #[error("stored data cannot be decoded: {0}")]
     Corrupt(String),
+    /// COMMIT was sent and PostgreSQL never answered: the transaction may or may not have committed.
+    #[error("the database did not answer COMMIT; the outcome is unknown")]
+    Unanswered,
 }
 
 impl StorageError {

@@ -109,9 +109,10 @@ async fn maintain_locked(
                 report.dropped.push(table_partition_name(table, day));
             }
         }
-        let expired = client
+        let mut expired = client
             .execute(&format!("DELETE FROM {table}_default WHERE start_ns < $1"), &[&cutoff])
             .await?;
+        expired += expire_beyond_window(client, table, now_unix_nanos, cutoff, today + days_ahead).await?;
         if *table == "spans" {
             report.expired_default_rows = expired;
         }
@@ -126,6 +127,50 @@ async fn maintain_locked(
         tracing::info!(created = ?report.created, dropped = ?report.dropped, "maintained partitions");
     }
     Ok(report)
+}
+
+/// Rows of the default partition dated after the last daily partition (`last_day`) are kept for the
+/// retention counted from when maintenance first saw their day (recorded in `out_of_window_days`), then
+/// deleted; a day that gets its partition meanwhile has its rows moved there and is forgotten here.
+async fn expire_beyond_window(
+    client: &deadpool_postgres::Client,
+    table: &str,
+    now_unix_nanos: i64,
+    cutoff: i64,
+    last_day: i32,
+) -> Result<u64, StorageError> {
+    let window_end = (i64::from(last_day) + 1) * NANOS_PER_DAY;
+    client
+        .execute(
+            &format!(
+                "INSERT INTO out_of_window_days (table_name, day, first_seen_ns)
+                 SELECT $1::text, (start_ns / {NANOS_PER_DAY})::int4, $2::int8 FROM {table}_default
+                 WHERE start_ns >= $3 GROUP BY start_ns / {NANOS_PER_DAY}
+                 ON CONFLICT DO NOTHING"
+            ),
+            &[&table, &now_unix_nanos, &window_end],
+        )
+        .await?;
+    let expired = client
+        .execute(
+            &format!(
+                "DELETE FROM {table}_default d USING out_of_window_days o
+                 WHERE o.table_name = $1 AND o.first_seen_ns < $2
+                   AND d.start_ns >= o.day::int8 * {NANOS_PER_DAY} AND d.start_ns < (o.day::int8 + 1) * {NANOS_PER_DAY}"
+            ),
+            &[&table, &cutoff],
+        )
+        .await?;
+    client
+        .execute(
+            &format!(
+                "DELETE FROM out_of_window_days
+                 WHERE table_name = $1 AND (first_seen_ns < $2 OR (day::int8 + 1) * {NANOS_PER_DAY} <= $3)"
+            ),
+            &[&table, &cutoff, &window_end],
+        )
+        .await?;
+    Ok(expired)
 }
 
 /// Creates one day's partition, moving in any rows the default partition holds for that day, and attaches

@@ -30,6 +30,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "operation_search",
         sql: include_str!("../migrations/0003_operation_search.sql"),
     },
+    Migration {
+        version: 4,
+        name: "out_of_window_days",
+        sql: include_str!("../migrations/0004_out_of_window_days.sql"),
+    },
 ];
 
 /// The schema version this binary needs.

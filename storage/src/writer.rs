@@ -1,7 +1,9 @@
 //! Writing batches of encoded span rows: one transaction per batch, resources first, then one binary COPY.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use deadpool_postgres::Pool;
@@ -42,6 +44,10 @@ pub struct EncodedSpans {
     pub operation_index: Bytes,
 }
 
+/// How long after its own deadline a write waits for a server that answers nothing before closing the
+/// connection.
+const UNANSWERED_GRACE: Duration = Duration::from_secs(1);
+
 /// The most (resource, day) pairs remembered as already stored; past it the memory is cleared, which only
 /// costs a few redundant `ON CONFLICT DO NOTHING` inserts.
 const KNOWN_RESOURCES_CAP: usize = 100_000;
@@ -61,68 +67,44 @@ impl SpanWriter {
         }
     }
 
-    /// Writes the parts in one transaction and returns once it has committed.
-    pub async fn write(&self, parts: &[&EncodedSpans]) -> Result<(), StorageError> {
+    /// Writes the parts in one transaction and returns once it has committed, within `time`: waiting for a
+    /// connection counts, and every statement runs with `statement_timeout` and `lock_timeout` set to what
+    /// is left, so a locked table or a slow server aborts the transaction in PostgreSQL itself (an error here
+    /// then means nothing was committed). If PostgreSQL does not answer at all, the connection is closed a
+    /// moment after `time` and [`StorageError::Unanswered`] says the outcome is unknown.
+    pub async fn write(&self, parts: &[&EncodedSpans], time: Duration) -> Result<(), StorageError> {
+        let started = Instant::now();
+        let mut client = tokio::time::timeout(time, self.pool.get())
+            .await
+            .map_err(|_| StorageError::Pool("no database connection within the request's deadline".into()))??;
+        let left = time.saturating_sub(started.elapsed());
+        if left < Duration::from_millis(10) {
+            return Err(StorageError::Pool(
+                "no time left to write before the request's deadline".into(),
+            ));
+        }
         let new_resources = self.unknown_resources(parts);
-        let mut client = self.pool.get().await?;
-        let transaction = client.transaction().await?;
-        if !new_resources.is_empty() {
-            let ids: Vec<i64> = new_resources.iter().map(|row| row.id).collect();
-            let days: Vec<i32> = new_resources.iter().map(|row| row.day).collect();
-            let services: Vec<&str> = new_resources.iter().map(|row| row.service.as_str()).collect();
-            let clusters: Vec<Option<&str>> = new_resources.iter().map(|row| row.cluster.as_deref()).collect();
-            let bodies: Vec<&[u8]> = new_resources.iter().map(|row| row.body.as_ref()).collect();
-            transaction
-                .execute(
-                    "INSERT INTO resources (resource_id, day, service, cluster, body)
-                     SELECT * FROM unnest($1::int8[], $2::int4[], $3::text[], $4::text[], $5::bytea[])
-                     ON CONFLICT DO NOTHING",
-                    &[&ids, &days, &services, &clusters, &bodies],
-                )
-                .await?;
-        }
-        let operations: Vec<&OperationRow> = parts.iter().flat_map(|part| part.operations.iter()).collect();
-        if !operations.is_empty() {
-            let services: Vec<&str> = operations.iter().map(|row| row.service.as_str()).collect();
-            let names: Vec<&str> = operations.iter().map(|row| row.name.as_str()).collect();
-            let kinds: Vec<i16> = operations.iter().map(|row| row.kind).collect();
-            let days: Vec<i32> = operations.iter().map(|row| row.day).collect();
-            // Sorted and deduplicated so concurrent writers lock rows in the same order (no deadlocks) and
-            // one statement never updates a row twice.
-            transaction
-                .execute(
-                    "INSERT INTO operations (service, name, kind, last_seen_day)
-                     SELECT service, name, kind, max(day)
-                     FROM unnest($1::text[], $2::text[], $3::int2[], $4::int4[]) AS o(service, name, kind, day)
-                     GROUP BY service, name, kind
-                     ORDER BY service, name, kind
-                     ON CONFLICT (service, name, kind) DO UPDATE SET last_seen_day = EXCLUDED.last_seen_day
-                     WHERE operations.last_seen_day < EXCLUDED.last_seen_day",
-                    &[&services, &names, &kinds, &days],
-                )
-                .await?;
-        }
-        let sink = transaction.copy_in(COPY_SPANS).await?;
-        futures_util::pin_mut!(sink);
-        sink.feed(copy_header()).await?;
-        for part in parts.iter().filter(|part| !part.rows.is_empty()) {
-            sink.feed(part.rows.clone()).await?;
-        }
-        sink.feed(copy_trailer()).await?;
-        sink.as_mut().finish().await?;
-        if parts.iter().any(|part| !part.operation_index.is_empty()) {
-            let sink = transaction.copy_in(COPY_OPERATION_INDEX).await?;
-            futures_util::pin_mut!(sink);
-            sink.feed(copy_header()).await?;
-            for part in parts.iter().filter(|part| !part.operation_index.is_empty()) {
-                sink.feed(part.operation_index.clone()).await?;
+        let commit_sent = AtomicBool::new(false);
+        let write = write_on(&mut client, parts, &new_resources, left, &commit_sent);
+        match tokio::time::timeout(left + UNANSWERED_GRACE, write).await {
+            Ok(Ok(())) => {
+                self.remember(&new_resources);
+                Ok(())
             }
-            sink.feed(copy_trailer()).await?;
-            sink.as_mut().finish().await?;
+            Ok(Err(error)) => Err(error),
+            Err(_) => {
+                // The server did not answer even its own timeouts: drop the connection (the server rolls
+                // back what it has not committed when it notices).
+                drop(deadpool_postgres::Object::take(client));
+                if commit_sent.load(Ordering::SeqCst) {
+                    Err(StorageError::Unanswered)
+                } else {
+                    Err(StorageError::Pool(
+                        "the database did not answer within the request's deadline".into(),
+                    ))
+                }
+            }
         }
-        transaction.commit().await?;
-        self.remember(&new_resources);
-        Ok(())
     }
 
     fn unknown_resources<'a>(&self, parts: &[&'a EncodedSpans]) -> Vec<&'a ResourceRow> {
@@ -148,4 +130,79 @@ impl SpanWriter {
         }
         known.extend(rows.iter().map(|row| (row.id, row.day)));
     }
+}
+
+/// One transaction: resources, operations, the spans' COPY, the operation index's COPY, COMMIT; every
+/// statement bounded by `time` in PostgreSQL.
+async fn write_on(
+    client: &mut deadpool_postgres::Client,
+    parts: &[&EncodedSpans],
+    new_resources: &[&ResourceRow],
+    time: Duration,
+    commit_sent: &AtomicBool,
+) -> Result<(), StorageError> {
+    let transaction = client.transaction().await?;
+    let millis = time.as_millis().clamp(1, i32::MAX as u128);
+    transaction
+        .batch_execute(&format!(
+            "SET LOCAL statement_timeout = {millis}; SET LOCAL lock_timeout = {millis}"
+        ))
+        .await?;
+    if !new_resources.is_empty() {
+        let ids: Vec<i64> = new_resources.iter().map(|row| row.id).collect();
+        let days: Vec<i32> = new_resources.iter().map(|row| row.day).collect();
+        let services: Vec<&str> = new_resources.iter().map(|row| row.service.as_str()).collect();
+        let clusters: Vec<Option<&str>> = new_resources.iter().map(|row| row.cluster.as_deref()).collect();
+        let bodies: Vec<&[u8]> = new_resources.iter().map(|row| row.body.as_ref()).collect();
+        transaction
+            .execute(
+                "INSERT INTO resources (resource_id, day, service, cluster, body)
+                 SELECT * FROM unnest($1::int8[], $2::int4[], $3::text[], $4::text[], $5::bytea[])
+                 ON CONFLICT DO NOTHING",
+                &[&ids, &days, &services, &clusters, &bodies],
+            )
+            .await?;
+    }
+    let operations: Vec<&OperationRow> = parts.iter().flat_map(|part| part.operations.iter()).collect();
+    if !operations.is_empty() {
+        let services: Vec<&str> = operations.iter().map(|row| row.service.as_str()).collect();
+        let names: Vec<&str> = operations.iter().map(|row| row.name.as_str()).collect();
+        let kinds: Vec<i16> = operations.iter().map(|row| row.kind).collect();
+        let days: Vec<i32> = operations.iter().map(|row| row.day).collect();
+        // Sorted and deduplicated so concurrent writers lock rows in the same order (no deadlocks) and
+        // one statement never updates a row twice.
+        transaction
+            .execute(
+                "INSERT INTO operations (service, name, kind, last_seen_day)
+                 SELECT service, name, kind, max(day)
+                 FROM unnest($1::text[], $2::text[], $3::int2[], $4::int4[]) AS o(service, name, kind, day)
+                 GROUP BY service, name, kind
+                 ORDER BY service, name, kind
+                 ON CONFLICT (service, name, kind) DO UPDATE SET last_seen_day = EXCLUDED.last_seen_day
+                 WHERE operations.last_seen_day < EXCLUDED.last_seen_day",
+                &[&services, &names, &kinds, &days],
+            )
+            .await?;
+    }
+    let sink = transaction.copy_in(COPY_SPANS).await?;
+    futures_util::pin_mut!(sink);
+    sink.feed(copy_header()).await?;
+    for part in parts.iter().filter(|part| !part.rows.is_empty()) {
+        sink.feed(part.rows.clone()).await?;
+    }
+    sink.feed(copy_trailer()).await?;
+    sink.as_mut().finish().await?;
+    if parts.iter().any(|part| !part.operation_index.is_empty()) {
+        let sink = transaction.copy_in(COPY_OPERATION_INDEX).await?;
+        futures_util::pin_mut!(sink);
+        sink.feed(copy_header()).await?;
+        for part in parts.iter().filter(|part| !part.operation_index.is_empty()) {
+            sink.feed(part.operation_index.clone()).await?;
+        }
+        sink.feed(copy_trailer()).await?;
+        sink.as_mut().finish().await?;
+    }
+    commit_sent.store(true, Ordering::SeqCst);
+    transaction.commit().await?;
+    Ok(())
 }

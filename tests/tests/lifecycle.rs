@@ -172,6 +172,47 @@ async fn spans_outside_the_partitions_are_kept_and_moved_when_their_day_gets_one
     app.stop().await.expect("clean shutdown");
 }
 
+/// The report: spans dated in 2100 sat in the default partition forever, since retention only looked at
+/// their timestamps. Now they are kept for the retention counted from when maintenance first saw their day,
+/// then deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_dated_far_in_the_future_are_removed_after_the_retention_too() {
+    let database = TestDatabase::create("far_future").await;
+    let app = serve(&database).await;
+    let client = database.client().await;
+    let now = now_unix_nanos();
+    let year_2100 = 4_102_444_800 * 1_000_000_000i64;
+    let mut grpc = TraceServiceClient::connect(grpc_endpoint(&app)).await.expect("connect");
+    grpc.export(request_at(year_2100, 2)).await.expect("accepted");
+    assert_eq!(database.span_rows().await, 2);
+
+    let pool =
+        tracepost_storage::connect_pool(&tracepost_storage::DatabaseConfig::new(database.url.clone())).expect("pool");
+    let retention = Duration::from_secs(7 * 86_400);
+    let report = tracepost_storage::partitions::maintain(&pool, now, 2, retention)
+        .await
+        .expect("maintenance");
+    assert_eq!(report.expired_default_rows, 0, "kept while within the retention");
+    assert_eq!(database.span_rows().await, 2);
+    let seen: i64 = client
+        .query_one(
+            "SELECT count(*) FROM out_of_window_days WHERE table_name = 'spans'",
+            &[],
+        )
+        .await
+        .expect("query")
+        .get(0);
+    assert_eq!(seen, 1);
+
+    let later = now + 8 * NANOS_PER_DAY;
+    let report = tracepost_storage::partitions::maintain(&pool, later, 2, retention)
+        .await
+        .expect("maintenance");
+    assert_eq!(report.expired_default_rows, 2, "{report:?}");
+    assert_eq!(database.span_rows().await, 0);
+    app.stop().await.expect("clean shutdown");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_finishes_requests_in_flight_before_exiting() {
     let database = TestDatabase::create("shutdown_drain").await;

@@ -15,7 +15,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracepost_collector::{
-    CollectorMetrics, ConvertConfig, Ingest, OperationCatalog, Pipeline, PipelineConfig, RedConfig, SpanMetrics,
+    CollectorMetrics, ConvertConfig, Ingest, IngestLimits, OperationCatalog, Pipeline, PipelineConfig, RedConfig,
+    SpanMetrics,
 };
 use tracepost_storage::{connect_pool, partitions, schema, DatabaseConfig, Pool, SpanWriter, TraceReader};
 
@@ -54,6 +55,12 @@ pub struct AppConfig {
     pub skip_migrations: bool,
     pub pipeline: PipelineConfig,
     pub max_request_bytes: usize,
+    /// OTLP requests being read, decoded or written at once; more wait for the admission wait, then 503.
+    pub max_concurrent_requests: usize,
+    /// An OTLP request's whole body must arrive within this time.
+    pub body_read_timeout: Duration,
+    /// Every OTLP request is answered within this time of its start (under the clients' 10 s).
+    pub export_timeout: Duration,
     /// Distinct operations recorded per service in the operations list (span names beyond it are still
     /// stored and searchable, just not listed).
     pub max_operations_per_service: usize,
@@ -84,6 +91,9 @@ impl AppConfig {
             skip_migrations: false,
             pipeline: PipelineConfig::default(),
             max_request_bytes: tracepost_collector::DEFAULT_MAX_REQUEST_BYTES,
+            max_concurrent_requests: IngestLimits::default().max_concurrent_requests,
+            body_read_timeout: IngestLimits::default().body_read_timeout,
+            export_timeout: IngestLimits::default().export_timeout,
             max_operations_per_service: tracepost_collector::catalog::DEFAULT_MAX_OPERATIONS_PER_SERVICE,
             shutdown_grace: Duration::from_secs(25),
             partition_days_ahead: 2,
@@ -132,7 +142,14 @@ struct Health {
     pool: Pool,
     ready: Arc<AtomicBool>,
     registry: Arc<Registry>,
+    /// The collector's pipeline, whose writes tell whether PostgreSQL takes spans.
+    pipeline: Option<Pipeline>,
+    /// Why the schema is not usable yet (migrations still retrying or failed), if so.
+    schema_problem: Arc<std::sync::Mutex<Option<String>>>,
 }
+
+/// A write waiting on PostgreSQL longer than this makes `/readyz` fail.
+const WRITE_STALLED_AFTER: Duration = Duration::from_secs(2);
 
 /// Applies pending migrations, retrying while PostgreSQL is unreachable (for up to `patience`).
 pub async fn migrate(pool: &Pool, patience: Duration) -> anyhow::Result<Vec<i32>> {
@@ -156,11 +173,26 @@ pub async fn migrate(pool: &Pool, patience: Duration) -> anyhow::Result<Vec<i32>
 /// and the role is ready to serve.
 pub async fn start(role: Role, config: AppConfig) -> anyhow::Result<App> {
     let pool = connect_pool(&config.database)?;
-    if role.collects() && !config.skip_migrations {
-        let applied = migrate(&pool, Duration::from_secs(60)).await?;
-        if !applied.is_empty() {
-            tracing::info!(?applied, "schema migrated");
-        }
+    // With PostgreSQL unreachable the role still starts and listens (liveness holds, `/readyz` says why it
+    // is not ready): migrations and the first partition maintenance run in the background until they work.
+    let schema_problem = Arc::new(std::sync::Mutex::new(None));
+    let mut schema_task = None;
+    if role.collects() {
+        let (pool, config, problem) = (pool.clone(), config.clone(), schema_problem.clone());
+        let migrate_first = !config.skip_migrations;
+        let (first_attempt, first_attempt_done) = tokio::sync::oneshot::channel();
+        schema_task = Some(tokio::spawn(async move {
+            let mut first_attempt = Some(first_attempt);
+            if migrate_first {
+                prepare_schema(&pool, &problem, &mut first_attempt).await;
+            }
+            if let Err(error) = maintain(&pool, &config).await {
+                tracing::warn!(%error, "partition maintenance failed at start; spans go to the default partition");
+            }
+            first_attempt.take().map(|done| done.send(()));
+        }));
+        // A reachable database is migrated before the listeners open; an unreachable one is not waited for.
+        let _ = first_attempt_done.await;
     }
 
     let mut registry = Registry::default();
@@ -173,10 +205,10 @@ pub async fn start(role: Role, config: AppConfig) -> anyhow::Result<App> {
     let mut background: Vec<JoinHandle<()>> = Vec::new();
 
     let mut collector = None;
+    if let Some(task) = schema_task {
+        background.push(task);
+    }
     if role.collects() {
-        if let Err(error) = maintain(&pool, &config).await {
-            tracing::warn!(%error, "partition maintenance failed at start; spans go to the default partition");
-        }
         let span_metrics = config.span_metrics.clone().map(SpanMetrics::new);
         if let Some(span_metrics) = &span_metrics {
             registry.register_collector(Box::new(span_metrics.clone()));
@@ -192,7 +224,12 @@ pub async fn start(role: Role, config: AppConfig) -> anyhow::Result<App> {
                 span_metrics,
             },
             metrics.clone(),
-            config.max_request_bytes,
+            IngestLimits {
+                max_request_bytes: config.max_request_bytes,
+                max_concurrent_requests: config.max_concurrent_requests,
+                body_read_timeout: config.body_read_timeout,
+                export_timeout: config.export_timeout,
+            },
         );
         let grpc = bind(config.otlp_grpc_listen, "otlp grpc").await?;
         let http = bind(config.otlp_http_listen, "otlp http").await?;
@@ -224,6 +261,8 @@ pub async fn start(role: Role, config: AppConfig) -> anyhow::Result<App> {
         pool: pool.clone(),
         ready: ready.clone(),
         registry,
+        pipeline: collector.as_ref().map(|(pipeline, _, _)| pipeline.clone()),
+        schema_problem,
     };
     let health_routes = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -379,9 +418,66 @@ async fn run_maintenance(pool: Pool, config: AppConfig, shutdown: watch::Receive
 /// How often settled 5-minute buckets of service dependencies are rolled up.
 const ROLLUP_INTERVAL: Duration = Duration::from_secs(60);
 
+/// Applies migrations, retrying until they succeed: a database that is not there yet is waited for, and a
+/// migration that fails is reported on `/readyz` and retried (an operator may fix its cause).
+async fn prepare_schema(
+    pool: &Pool,
+    problem: &std::sync::Mutex<Option<String>>,
+    first_attempt: &mut Option<tokio::sync::oneshot::Sender<()>>,
+) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let outcome = schema::migrate(pool).await;
+        if outcome.is_err() {
+            // Start serving now; the migration keeps being retried in the background.
+            first_attempt.take().map(|done| done.send(()));
+        }
+        match outcome {
+            Ok(applied) => {
+                if !applied.is_empty() {
+                    tracing::info!(?applied, "schema migrated");
+                }
+                *problem.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+                return;
+            }
+            Err(error) => {
+                let reason = match &error {
+                    tracepost_storage::StorageError::Migration { version, .. } => {
+                        format!("migration {version} failed (see the log)")
+                    }
+                    _ => "database unreachable, retrying migrations".to_owned(),
+                };
+                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "schema not ready");
+                *problem.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(reason);
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 async fn readyz(State(health): State<Health>) -> Response {
     if !health.ready.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    let problem = health
+        .schema_problem
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone();
+    if let Some(problem) = problem {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{problem}\n")).into_response();
+    }
+    if let Some(Err(reason)) = health
+        .pipeline
+        .as_ref()
+        .map(|pipeline| pipeline.write_health(WRITE_STALLED_AFTER))
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("database does not take writes: {reason}\n"),
+        )
+            .into_response();
     }
     let version = tokio::time::timeout(Duration::from_secs(2), schema::current_version(&health.pool)).await;
     match version {
@@ -394,11 +490,10 @@ async fn readyz(State(health): State<Health>) -> Response {
             ),
         )
             .into_response(),
-        Ok(Err(error)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("database unreachable: {error}\n"),
-        )
-            .into_response(),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "readiness check: database unreachable");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unreachable (see the log)\n").into_response()
+        }
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database did not answer within 2s\n").into_response(),
     }
 }

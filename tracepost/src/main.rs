@@ -86,7 +86,7 @@ struct ServeArgs {
     #[arg(long, env = "TRACEPOST_CLUSTER_NAME")]
     cluster_name: Option<String>,
     /// How long spans are kept (partitions older than this are dropped), e.g. 7d, 36h.
-    #[arg(long, env = "TRACEPOST_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    #[arg(long, env = "TRACEPOST_RETENTION", default_value = "7d", value_parser = parse_retention)]
     retention: Duration,
     /// Do not apply migrations at start (run `tracepost migrate` as a Job instead).
     #[arg(long, env = "TRACEPOST_SKIP_MIGRATIONS")]
@@ -94,6 +94,16 @@ struct ServeArgs {
     /// Cap on OTLP request bodies, compressed and decompressed, in bytes.
     #[arg(long, env = "TRACEPOST_MAX_REQUEST_BYTES", default_value_t = tracepost_collector::DEFAULT_MAX_REQUEST_BYTES)]
     max_request_bytes: usize,
+    /// OTLP requests read, decoded or written at once; more wait for --admission-wait, then 503 / UNAVAILABLE.
+    #[arg(long, env = "TRACEPOST_MAX_CONCURRENT_REQUESTS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    max_concurrent_requests: u32,
+    /// An OTLP request's whole body must arrive within this time (else 408 / DEADLINE_EXCEEDED).
+    #[arg(long, env = "TRACEPOST_BODY_READ_TIMEOUT", default_value = "5s", value_parser = parse_short_duration)]
+    body_read_timeout: Duration,
+    /// Every OTLP request is answered, acknowledged or refused, within this time of its start (keep it under
+    /// the clients' 10 s timeout).
+    #[arg(long, env = "TRACEPOST_EXPORT_TIMEOUT", default_value = "8s", value_parser = parse_short_duration)]
+    export_timeout: Duration,
     /// Distinct operations listed per service (span names beyond it are stored and searchable, not listed).
     #[arg(long, env = "TRACEPOST_MAX_OPERATIONS_PER_SERVICE", default_value_t = tracepost_collector::catalog::DEFAULT_MAX_OPERATIONS_PER_SERVICE)]
     max_operations_per_service: usize,
@@ -171,6 +181,18 @@ impl ServeArgs {
         config.retention = self.retention;
         config.skip_migrations = self.skip_migrations;
         config.max_request_bytes = self.max_request_bytes;
+        config.max_concurrent_requests = self.max_concurrent_requests as usize;
+        config.body_read_timeout = self.body_read_timeout;
+        config.export_timeout = self.export_timeout;
+        if !(1024..=1 << 30).contains(&self.max_request_bytes) {
+            anyhow::bail!("--max-request-bytes must be between 1 KiB and 1 GiB");
+        }
+        if self.max_inflight_bytes < self.max_request_bytes.saturating_mul(2) {
+            anyhow::bail!(
+                "--max-inflight-bytes must be at least twice --max-request-bytes (a request's body and its \
+                 decompressed form are both held while it is decoded)"
+            );
+        }
         config.max_operations_per_service = self.max_operations_per_service;
         config.shutdown_grace = self.shutdown_grace;
         config.partition_days_ahead = self.partition_days_ahead;
@@ -203,7 +225,10 @@ impl ServeArgs {
     }
 }
 
-/// Parses `250ms`, `5s`, `10m`, `36h`, `7d`.
+/// The longest duration any setting takes: ten years.
+const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
+
+/// Parses `250ms`, `5s`, `10m`, `36h`, `7d`, up to ten years.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
@@ -211,15 +236,38 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     let number: u64 = number
         .parse()
         .map_err(|_| format!("invalid duration {text:?}: expected e.g. 500ms, 5s, 7d"))?;
-    let seconds = match unit {
-        "ms" => return Ok(Duration::from_millis(number)),
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
+    let millis_per_unit: u64 = match unit {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
         _ => return Err(format!("invalid duration unit in {text:?}: use ms, s, m, h or d")),
     };
-    Ok(Duration::from_secs(number * seconds))
+    let duration = number
+        .checked_mul(millis_per_unit)
+        .map(Duration::from_millis)
+        .filter(|duration| *duration <= MAX_DURATION)
+        .ok_or_else(|| format!("duration {text:?} is out of range: at most 3650d"))?;
+    Ok(duration)
+}
+
+/// A request-scale duration: from 1 ms to 10 minutes.
+fn parse_short_duration(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration.is_zero() || duration > Duration::from_secs(600) {
+        return Err(format!("duration {text:?} is out of range: between 1ms and 10m"));
+    }
+    Ok(duration)
+}
+
+/// The retention: at least a day (the current and previous day's partitions are always kept).
+fn parse_retention(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration < Duration::from_secs(86_400) {
+        return Err(format!("retention {text:?} is too short: at least 1d"));
+    }
+    Ok(duration)
 }
 
 fn init_logging(json: bool) {
@@ -322,6 +370,20 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
         assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    /// The report's `--retention 213503982334602d` wrapped around to 17 hours and dropped yesterday's spans.
+    #[test]
+    fn durations_that_overflow_or_are_out_of_range_are_refused() {
+        let error = parse_retention("213503982334602d").expect_err("overflows");
+        assert!(error.contains("out of range"), "{error}");
+        assert!(parse_duration("18446744073709551615ms").is_err());
+        assert!(parse_duration("3651d").is_err());
+        assert_eq!(parse_retention("3650d"), Ok(MAX_DURATION));
+        assert!(parse_retention("17h").expect_err("short").contains("at least 1d"));
+        assert!(parse_short_duration("0s").is_err());
+        assert!(parse_short_duration("11m").is_err());
+        assert_eq!(parse_short_duration("8s"), Ok(Duration::from_secs(8)));
     }
 
     #[test]

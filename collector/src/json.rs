@@ -1,0 +1,147 @@
+//! OTLP/JSON: decoded a span at a time, so one malformed span (a trace ID that is not hex, a bad enum) is
+//! rejected in `partial_success` while the valid spans beside it are stored; and measured before decoding, so
+//! the memory decoding may take is reserved before it is taken.
+//!
+//! The request's outer structure (resource spans, resources, scope spans, scopes) is decoded into the
+//! generated types as usual; each span is kept as its raw JSON text and decoded on its own.
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::convert::{convert_request, ConvertConfig, Converted, RejectReason};
+
+/// What decoding may allocate per JSON object, at most: every object becomes at most one generated struct
+/// (a `Span` is the largest), a `Vec` holding it may be twice as large as its contents, and each span also
+/// costs its raw-text reference here.
+pub const BYTES_PER_OBJECT: usize = 2 * std::mem::size_of::<Span>() + std::mem::size_of::<&RawValue>();
+
+/// The memory decoding and converting `body` may take, at most: its strings (no longer than the text),
+/// [`BYTES_PER_OBJECT`] per JSON object, and the encoded rows (no larger than the text either). Counted in one
+/// pass over the bytes, before anything is allocated.
+pub fn decode_cost(body: &[u8]) -> usize {
+    let mut objects = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in body {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else {
+            match byte {
+                b'"' => in_string = true,
+                b'{' => objects += 1,
+                _ => {}
+            }
+        }
+    }
+    body.len()
+        .saturating_mul(2)
+        .saturating_add(objects.saturating_mul(BYTES_PER_OBJECT))
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct Request<'a> {
+    #[serde(borrow)]
+    resource_spans: Vec<RawResourceSpans<'a>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct RawResourceSpans<'a> {
+    resource: Option<Resource>,
+    #[serde(borrow)]
+    scope_spans: Vec<RawScopeSpans<'a>>,
+    schema_url: String,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct RawScopeSpans<'a> {
+    scope: Option<InstrumentationScope>,
+    #[serde(borrow)]
+    spans: Vec<&'a RawValue>,
+    schema_url: String,
+}
+
+/// Decodes and converts an OTLP/JSON body. An error means the request's structure is not OTLP/JSON; a
+/// span that does not decode is rejected on its own ([`RejectReason::MalformedSpan`]).
+pub fn convert_json(body: &[u8], config: &ConvertConfig) -> Result<Converted, serde_json::Error> {
+    let request: Request<'_> = serde_json::from_slice(body)?;
+    let mut malformed = 0u64;
+    let resource_spans = request
+        .resource_spans
+        .into_iter()
+        .map(|resource_spans| ResourceSpans {
+            resource: resource_spans.resource,
+            schema_url: resource_spans.schema_url,
+            scope_spans: resource_spans
+                .scope_spans
+                .into_iter()
+                .map(|scope_spans| ScopeSpans {
+                    scope: scope_spans.scope,
+                    schema_url: scope_spans.schema_url,
+                    spans: scope_spans
+                        .spans
+                        .into_iter()
+                        .filter_map(|raw| serde_json::from_str::<Span>(raw.get()).map_err(|_| malformed += 1).ok())
+                        .collect(),
+                })
+                .collect(),
+        })
+        .collect();
+    let mut converted = convert_request(ExportTraceServiceRequest { resource_spans }, config);
+    for _ in 0..malformed {
+        converted.reject(RejectReason::MalformedSpan);
+    }
+    Ok(converted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_span_with_a_trace_id_that_is_not_hex_is_rejected_alone() {
+        let body =
+            br#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"svc"}}]},
+            "scopeSpans":[{"spans":[
+              {"traceId":"zz","spanId":"0102030405060708","name":"bad","startTimeUnixNano":"1","endTimeUnixNano":"2"},
+              {"traceId":"0102030405060708090a0b0c0d0e0f10","spanId":"0102030405060708","name":"good",
+               "startTimeUnixNano":"1","endTimeUnixNano":"2"}]}]}]}"#;
+        let converted = convert_json(body, &ConvertConfig::default()).expect("structure is valid");
+        assert_eq!(converted.encoded.span_count, 1);
+        assert_eq!(converted.rejected, vec![(RejectReason::MalformedSpan, 1)]);
+        assert!(
+            converted.rejection_message().contains("not valid OTLP/JSON"),
+            "{}",
+            converted.rejection_message()
+        );
+    }
+
+    #[test]
+    fn the_decode_cost_counts_objects_outside_strings() {
+        let empty_spans = format!(
+            r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{}]}}]}}]}}"#,
+            ["{}"; 1000].join(",")
+        );
+        let cost = decode_cost(empty_spans.as_bytes());
+        assert_eq!(cost, empty_spans.len() * 2 + 1003 * BYTES_PER_OBJECT);
+        // Braces inside strings, escaped quotes included, are text.
+        assert_eq!(decode_cost(br#"{"a":"{\"{{"}"#), 13 * 2 + BYTES_PER_OBJECT);
+    }
+
+    #[test]
+    fn a_request_that_is_not_otlp_json_is_an_error() {
+        assert!(convert_json(b"[1,2]", &ConvertConfig::default()).is_err());
+        assert!(convert_json(br#"{"resourceSpans":{"a":1}}"#, &ConvertConfig::default()).is_err());
+    }
+}
