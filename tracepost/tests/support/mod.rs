@@ -1,5 +1,5 @@
 //! What the tests that run the real binary share: a fresh database, the process, and its log.
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
