@@ -56,14 +56,6 @@ async fn metrics_page(app: &tracepost::App) -> String {
     get_text(&query_url(app, "/metrics")).await.1
 }
 
-/// A sample that must be on the page (a missing one fails the test instead of reading as zero).
-fn sample(page: &str, name: &str) -> f64 {
-    page.lines()
-        .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-        .and_then(|value| value.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} is not on the metrics page"))
-}
-
 /// Writes raw bytes to an HTTP listener and returns what comes back until the server closes or `wait` ends.
 async fn raw_http(addr: std::net::SocketAddr, head: &[u8], wait: Duration) -> String {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -204,7 +196,7 @@ async fn a_json_span_with_a_trace_id_that_is_not_hex_is_rejected_alone() {
     assert_eq!(trace["data"][0]["spans"][0]["operationName"], "good");
     let page = metrics_page(&app).await;
     assert_eq!(
-        sample(&page, "tracepost_spans_rejected_total{reason=\"malformed_span\"}"),
+        metric_value(&page, "tracepost_spans_rejected_total{reason=\"malformed_span\"}"),
         1.0
     );
     app.stop().await.expect("clean shutdown");
@@ -266,14 +258,14 @@ async fn a_body_that_never_arrives_gets_408_and_one_announced_over_the_cap_gets_
 
     let page = metrics_page(&app).await;
     assert_eq!(
-        sample(
+        metric_value(
             &page,
             "tracepost_requests_refused_total{transport=\"http\",reason=\"body_timeout\"}"
         ),
         1.0
     );
     assert_eq!(
-        sample(
+        metric_value(
             &page,
             "tracepost_requests_refused_total{transport=\"http\",reason=\"too_large\"}"
         ),
@@ -425,14 +417,20 @@ async fn every_request_and_every_received_span_is_counted() {
     assert_eq!(status, 200);
     let page = metrics_page(&app).await;
     let spans = trace.spans.len() as f64;
-    assert_eq!(sample(&page, "tracepost_otlp_requests_total{transport=\"grpc\"}"), 1.0);
-    assert_eq!(sample(&page, "tracepost_otlp_requests_total{transport=\"http\"}"), 2.0);
     assert_eq!(
-        sample(&page, "tracepost_spans_received_total{transport=\"grpc\"}"),
+        metric_value(&page, "tracepost_otlp_requests_total{transport=\"grpc\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric_value(&page, "tracepost_otlp_requests_total{transport=\"http\"}"),
+        2.0
+    );
+    assert_eq!(
+        metric_value(&page, "tracepost_spans_received_total{transport=\"grpc\"}"),
         spans
     );
     assert_eq!(
-        sample(&page, "tracepost_spans_received_total{transport=\"http\"}"),
+        metric_value(&page, "tracepost_spans_received_total{transport=\"http\"}"),
         spans + 2.0
     );
     app.stop().await.expect("clean shutdown");

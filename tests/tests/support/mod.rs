@@ -177,12 +177,13 @@ pub async fn get_text(url: &str) -> (u16, String) {
 }
 
 /// The value of one sample in a Prometheus/OpenMetrics text page, e.g.
-/// `metric_value(&page, "tracepost_spans_rejected_total{reason=\"invalid_trace_id\"}")`.
+/// `metric_value(&page, "tracepost_spans_rejected_total{reason=\"invalid_trace_id\"}")`. A sample that is
+/// not on the page fails the test: a missing metric never reads as zero.
 pub fn metric_value(page: &str, sample: &str) -> f64 {
     page.lines()
         .find_map(|line| line.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
         .and_then(|value| value.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0.0)
+        .unwrap_or_else(|| panic!("{sample} is not on the metrics page"))
 }
 
 /// A small trace made by the real OpenTelemetry SDK: a server span and a client child with every attribute
