@@ -295,9 +295,12 @@ async fn exports_to_a_locked_table_are_refused_in_time_and_never_committed_later
 
     let started = std::time::Instant::now();
     let body = request("locked-svc", vec![span(9, 1, "refused")]).encode_to_vec();
-    let (status, headers, _) = post_otlp(&http_endpoint(&app), "application/x-protobuf", None, body).await;
+    let (status, headers, answer) = post_otlp(&http_endpoint(&app), "application/x-protobuf", None, body).await;
     assert_eq!(status, 503);
     assert!(headers.get("retry-after").is_some());
+    // PostgreSQL's own message (a canceled statement on relation "spans") stays in the log.
+    let answer = tonic_types::Status::decode(answer.as_slice()).expect("a google.rpc.Status body");
+    assert_eq!(answer.message, "storage unavailable, retry later");
     // Answered by the 2 s export timeout (plus the writer's last attempt), well before a client's 10 s.
     assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
     // The real exporter, which retries retryable refusals within its own 10 s timeout, is never
