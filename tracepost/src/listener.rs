@@ -700,4 +700,58 @@ mod tests {
         );
         assert!(TcpStream::connect(address).await.is_err(), "nothing listens any more");
     }
+
+    #[tokio::test]
+    async fn a_handler_slower_than_the_idle_timeout_still_answers() {
+        let router = axum::Router::new().route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                "slow but answered"
+            }),
+        );
+        let config = ListenerConfig {
+            idle_timeout: Duration::from_millis(200),
+            ..ListenerConfig::default()
+        };
+        let (address, _stop, _server) = start(router, config).await;
+        let mut stream = TcpStream::connect(address).await.expect("connect");
+        stream
+            .write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("send");
+        let response = read_to_close(&mut stream, Duration::from_secs(5))
+            .await
+            .expect("closed when idle");
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert!(response.ends_with("slow but answered"), "{response}");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_its_response_frees_its_connection_slot_after_the_idle_timeout() {
+        let router = axum::Router::new()
+            .route("/big", get(|| async { vec![b'x'; 32 << 20] }))
+            .route("/small", get(|| async { "small" }));
+        let config = ListenerConfig {
+            max_connections: 1,
+            idle_timeout: Duration::from_millis(300),
+            ..ListenerConfig::default()
+        };
+        let (address, _stop, _server) = start(router, config).await;
+        let mut stalled = TcpStream::connect(address).await.expect("connect");
+        stalled
+            .write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("send");
+        // Never read from `stalled`: its response fills the socket buffers and stops moving.
+        let mut next = TcpStream::connect(address).await.expect("connect");
+        next.write_all(b"GET /small HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .expect("send");
+        let response = read_to_close(&mut next, Duration::from_secs(5))
+            .await
+            .expect("served once the stalled connection was dropped");
+        assert!(response.ends_with("small"), "{response}");
+        drop(stalled);
+    }
 }
