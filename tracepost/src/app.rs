@@ -11,7 +11,6 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracepost_collector::{
@@ -19,6 +18,8 @@ use tracepost_collector::{
     SpanMetrics,
 };
 use tracepost_storage::{connect_pool, partitions, schema, DatabaseConfig, Pool, SpanWriter, TraceReader};
+
+use crate::listener::{bind, serve, Edges, ListenerConfig};
 
 /// Which parts of tracepost this process runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,6 +75,8 @@ pub struct AppConfig {
     pub metrics_push_interval: Duration,
     /// The Prometheus-compatible API (VictoriaMetrics) that answers Jaeger SPM queries, if any.
     pub metrics_query_url: Option<String>,
+    /// Connection limits and timeouts of every listener; TLS and authentication per listener group.
+    pub listeners: ListenerConfig,
 }
 
 impl AppConfig {
@@ -102,6 +105,7 @@ impl AppConfig {
             metrics_push_url: None,
             metrics_push_interval: Duration::from_secs(15),
             metrics_query_url: None,
+            listeners: ListenerConfig::default(),
         }
     }
 }
@@ -200,6 +204,7 @@ pub async fn start(role: Role, config: AppConfig) -> anyhow::Result<App> {
     metrics.register(&mut registry);
     let ready = Arc::new(AtomicBool::new(false));
     let (shutdown, shutdown_signal) = watch::channel(false);
+    let edges = Edges::load(&config.listeners, &shutdown_signal)?;
     let mut servers: Vec<JoinHandle<std::io::Result<()>>> = Vec::new();
     let mut app_addrs = (None, None, None, None, None);
     let mut background: Vec<JoinHandle<()>> = Vec::new();
@@ -238,11 +243,13 @@ pub async fn start(role: Role, config: AppConfig) -> anyhow::Result<App> {
         servers.push(serve(
             grpc,
             tracepost_collector::grpc_router(ingest.clone()),
+            &edges.otlp,
             shutdown_signal.clone(),
         ));
         servers.push(serve(
             http,
             tracepost_collector::http_router(ingest),
+            &edges.otlp,
             shutdown_signal.clone(),
         ));
         let maintenance = tokio::spawn(run_maintenance(pool.clone(), config.clone(), shutdown_signal.clone()));
@@ -276,18 +283,19 @@ pub async fn start(role: Role, config: AppConfig) -> anyhow::Result<App> {
         let router = tracepost_query::router(reader.clone())
             .merge(tracepost_query::spm_router(config.metrics_query_url.clone()))
             .merge(health_routes);
-        servers.push(serve(listener, router, shutdown_signal.clone()));
+        servers.push(serve(listener, router, &edges.query, shutdown_signal.clone()));
         let tempo = bind(config.tempo_listen, "tempo").await?;
         app_addrs.4 = Some(tempo.local_addr()?);
         servers.push(serve(
             tempo,
             tracepost_query::tempo_router(reader),
+            &edges.query,
             shutdown_signal.clone(),
         ));
     } else {
         let listener = bind(config.admin_listen, "admin").await?;
         app_addrs.3 = Some(listener.local_addr()?);
-        servers.push(serve(listener, health_routes, shutdown_signal.clone()));
+        servers.push(serve(listener, health_routes, &edges.admin, shutdown_signal.clone()));
     }
 
     ready.store(true, Ordering::SeqCst);
@@ -354,26 +362,6 @@ async fn run_graph_expiry(span_metrics: Arc<SpanMetrics>) {
         tick.tick().await;
         span_metrics.expire();
     }
-}
-
-async fn bind(address: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(address)
-        .await
-        .with_context(|| format!("binding the {what} listener on {address}"))
-}
-
-fn serve(
-    listener: TcpListener,
-    router: axum::Router,
-    mut shutdown: watch::Receiver<bool>,
-) -> JoinHandle<std::io::Result<()>> {
-    tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = shutdown.wait_for(|stopping| *stopping).await;
-            })
-            .await
-    })
 }
 
 async fn maintain(pool: &Pool, config: &AppConfig) -> Result<(), tracepost_storage::StorageError> {

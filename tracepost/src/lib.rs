@@ -3,6 +3,7 @@
 //! `main.rs` only parses the command line, sets up logging and waits for signals.
 
 pub mod app;
+pub mod listener;
 pub mod loadgen;
 pub mod push;
 pub mod querybench;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use tracepost::listener::{ListenerConfig, TlsFiles};
 use tracepost::{loadgen, AppConfig, Role};
 use tracepost_collector::{PipelineConfig, RedConfig, RouteRules};
 use tracepost_storage::DatabaseConfig;
@@ -43,6 +44,7 @@ struct DatabaseArgs {
     #[arg(
         long,
         env = "TRACEPOST_DATABASE_URL",
+        hide_env_values = true,
         default_value = "postgres://postgres@127.0.0.1:5432/tracepost"
     )]
     database_url: String,
@@ -82,6 +84,39 @@ struct ServeArgs {
     /// Admin listen address of the collector role (/healthz, /readyz, /metrics).
     #[arg(long, env = "TRACEPOST_ADMIN_LISTEN", default_value = "0.0.0.0:8888")]
     admin_listen: SocketAddr,
+    /// Connections open at once on each listener; at the cap new ones wait in the kernel's backlog.
+    #[arg(long, env = "TRACEPOST_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// How long a TLS handshake and each HTTP/1 request head may take (an HTTP/1 keep-alive connection idle this long is closed too).
+    #[arg(long, env = "TRACEPOST_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_short_duration)]
+    header_read_timeout: Duration,
+    /// Close a connection that has no request being handled and no response bytes moving for this long.
+    #[arg(long, env = "TRACEPOST_IDLE_TIMEOUT", default_value = "120s", value_parser = parse_short_duration)]
+    idle_timeout: Duration,
+    /// Longest a query or Tempo API request may take until its response starts (0: unlimited); then 503.
+    #[arg(long, env = "TRACEPOST_QUERY_REQUEST_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    query_request_timeout: Duration,
+    /// PEM certificate chain: TLS on the OTLP gRPC and HTTP receivers (reloaded when the file changes).
+    #[arg(long, env = "TRACEPOST_OTLP_TLS_CERT_FILE", requires = "otlp_tls_key_file")]
+    otlp_tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --otlp-tls-cert-file.
+    #[arg(long, env = "TRACEPOST_OTLP_TLS_KEY_FILE", requires = "otlp_tls_cert_file")]
+    otlp_tls_key_file: Option<PathBuf>,
+    /// PEM certificate chain: TLS on the query and Tempo listeners (reloaded when the file changes).
+    #[arg(long, env = "TRACEPOST_QUERY_TLS_CERT_FILE", requires = "query_tls_key_file")]
+    query_tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --query-tls-cert-file.
+    #[arg(long, env = "TRACEPOST_QUERY_TLS_KEY_FILE", requires = "query_tls_cert_file")]
+    query_tls_key_file: Option<PathBuf>,
+    /// File of bearer tokens (one a line) the OTLP receivers require; unset: no authentication.
+    #[arg(long, env = "TRACEPOST_OTLP_AUTH_TOKENS_FILE")]
+    otlp_auth_tokens_file: Option<PathBuf>,
+    /// File of bearer tokens (one a line) the query and Tempo APIs accept; /healthz, /readyz, /metrics stay open.
+    #[arg(long, env = "TRACEPOST_QUERY_AUTH_TOKENS_FILE")]
+    query_auth_tokens_file: Option<PathBuf>,
+    /// File of user:password lines the query and Tempo APIs accept as basic auth (with or without tokens).
+    #[arg(long, env = "TRACEPOST_QUERY_BASIC_AUTH_FILE")]
+    query_basic_auth_file: Option<PathBuf>,
     /// Cluster of spans whose resource has no k8s.cluster.name (unset: none).
     #[arg(long, env = "TRACEPOST_CLUSTER_NAME")]
     cluster_name: Option<String>,
@@ -156,13 +191,13 @@ struct ServeArgs {
     #[arg(long, env = "TRACEPOST_SERVICE_GRAPH_MAX_ITEMS", default_value_t = RedConfig::default().graph_max_items)]
     service_graph_max_items: usize,
     /// Push /metrics to this URL (VictoriaMetrics's /api/v1/import/prometheus) as well as serving it.
-    #[arg(long, env = "TRACEPOST_METRICS_PUSH_URL")]
+    #[arg(long, env = "TRACEPOST_METRICS_PUSH_URL", hide_env_values = true)]
     metrics_push_url: Option<String>,
     /// How often to push metrics.
     #[arg(long, env = "TRACEPOST_METRICS_PUSH_INTERVAL", default_value = "15s", value_parser = parse_duration)]
     metrics_push_interval: Duration,
     /// Prometheus-compatible query API (VictoriaMetrics) answering Jaeger SPM's /api/metrics/* routes.
-    #[arg(long, env = "TRACEPOST_METRICS_QUERY_URL")]
+    #[arg(long, env = "TRACEPOST_METRICS_QUERY_URL", hide_env_values = true)]
     metrics_query_url: Option<String>,
     /// Log format: text or json.
     #[arg(long, env = "TRACEPOST_LOG_FORMAT", default_value = "text")]
@@ -177,6 +212,7 @@ impl ServeArgs {
         config.query_listen = self.query_listen;
         config.admin_listen = self.admin_listen;
         config.tempo_listen = self.tempo_listen;
+        config.listeners = self.listener_config();
         config.cluster_name = self.cluster_name.clone().filter(|name| !name.is_empty());
         config.retention = self.retention;
         config.skip_migrations = self.skip_migrations;
@@ -222,6 +258,29 @@ impl ServeArgs {
         config.metrics_push_interval = self.metrics_push_interval;
         config.metrics_query_url = self.metrics_query_url.clone().filter(|url| !url.is_empty());
         Ok(config)
+    }
+}
+
+impl ServeArgs {
+    fn listener_config(&self) -> ListenerConfig {
+        let tls = |cert: &Option<PathBuf>, key: &Option<PathBuf>| {
+            Some(TlsFiles {
+                cert_file: cert.clone()?,
+                key_file: key.clone()?,
+            })
+        };
+        ListenerConfig {
+            max_connections: self.max_connections as usize,
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            query_request_timeout: Some(self.query_request_timeout).filter(|timeout| !timeout.is_zero()),
+            otlp_tls: tls(&self.otlp_tls_cert_file, &self.otlp_tls_key_file),
+            query_tls: tls(&self.query_tls_cert_file, &self.query_tls_key_file),
+            otlp_auth_tokens_file: self.otlp_auth_tokens_file.clone(),
+            query_auth_tokens_file: self.query_auth_tokens_file.clone(),
+            query_basic_auth_file: self.query_basic_auth_file.clone(),
+            ..ListenerConfig::default()
+        }
     }
 }
 

@@ -1,4 +1,5 @@
-//! The real binary under a real SIGTERM: requests in flight are committed and the process exits 0.
+//! The real binary under a real SIGTERM: requests in flight are committed and the process exits 0, promptly
+//! even with idle and half-sent connections open.
 //! (This test lives with the binary package because only it can name the built binary.)
 
 use std::io::{BufRead, BufReader};
@@ -12,7 +13,7 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
 
 /// A fresh database on the private test cluster (or TRACEPOST_TEST_DATABASE_URL's server).
-async fn fresh_database() -> String {
+async fn fresh_database(test: &str) -> String {
     let server = std::env::var("TRACEPOST_TEST_DATABASE_URL").unwrap_or_else(|_| {
         let script = format!("{}/../scripts/pg-cluster.sh", env!("CARGO_MANIFEST_DIR"));
         let output = Command::new("bash")
@@ -27,7 +28,7 @@ async fn fresh_database() -> String {
         .await
         .expect("connect");
     tokio::spawn(connection);
-    let name = format!("tracepost_test_sigterm_{}", std::process::id());
+    let name = format!("tracepost_test_sigterm_{test}_{}", std::process::id());
     client
         .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
         .await
@@ -55,11 +56,41 @@ impl Drop for KillOnDrop {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_commits_what_was_accepted_and_exits_zero() {
-    let database_url = fresh_database().await;
+/// The running binary, its log lines, and the addresses from its readiness line.
+struct Running {
+    child: KillOnDrop,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    ready_line: String,
+}
+
+impl Running {
+    /// The address the readiness line gives for `field` (`otlp_http`, `query`, ...).
+    fn address(&self, field: &str) -> String {
+        let key = format!("{field}=Some(");
+        let start = self
+            .ready_line
+            .find(&key)
+            .unwrap_or_else(|| panic!("{field} in {}", self.ready_line))
+            + key.len();
+        let end = start + self.ready_line[start..].find(')').expect("closing parenthesis");
+        self.ready_line[start..end].to_owned()
+    }
+
+    fn sigterm(&mut self) -> std::process::Child {
+        let process = self.child.0.take().expect("child");
+        assert!(Command::new("kill")
+            .args(["-TERM", &process.id().to_string()])
+            .status()
+            .expect("kill")
+            .success());
+        process
+    }
+}
+
+/// Starts `tracepost serve` on free loopback ports and waits for its readiness log line.
+async fn start_serve(database_url: &str) -> Running {
     let child = Command::new(env!("CARGO_BIN_EXE_tracepost"))
-        .args(["serve", "--database-url", &database_url])
+        .args(["serve", "--database-url", database_url])
         .args(["--otlp-grpc-listen", "127.0.0.1:0", "--otlp-http-listen", "127.0.0.1:0"])
         .args(["--query-listen", "127.0.0.1:0", "--tempo-listen", "127.0.0.1:0"])
         .env("TRACEPOST_LOG", "info")
@@ -75,20 +106,29 @@ async fn sigterm_commits_what_was_accepted_and_exits_zero() {
             let _ = lines_tx.send(line);
         }
     });
-
     // Readiness: the log line that names the bound addresses.
-    let http_addr = tokio::time::timeout(Duration::from_secs(60), async {
+    let ready_line = tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(line) = lines.recv().await {
             if line.contains("tracepost is ready") {
-                let start = line.find("otlp_http=Some(").expect("otlp_http field") + "otlp_http=Some(".len();
-                let end = start + line[start..].find(')').expect("closing parenthesis");
-                return line[start..end].to_owned();
+                return line;
             }
         }
         panic!("tracepost exited before it was ready");
     })
     .await
     .expect("ready within a minute");
+    Running {
+        child,
+        lines,
+        ready_line,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_commits_what_was_accepted_and_exits_zero() {
+    let database_url = fresh_database("commits").await;
+    let mut running = start_serve(&database_url).await;
+    let http_addr = running.address("otlp_http");
 
     let spans = (1..=3u8)
         .map(|id| Span {
@@ -123,13 +163,7 @@ async fn sigterm_commits_what_was_accepted_and_exits_zero() {
     assert_eq!(response.status(), 200);
     let _ = response.into_body().collect().await;
 
-    let mut process = child.0.take().expect("child");
-    let pid = process.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill")
-        .success());
+    let mut process = running.sigterm();
     let status = tokio::task::spawn_blocking(move || process.wait())
         .await
         .expect("join")
@@ -138,7 +172,7 @@ async fn sigterm_commits_what_was_accepted_and_exits_zero() {
     let mut saw_clean_shutdown = false;
     // The log ends when the process closes stderr.
     tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(line) = lines.recv().await {
+        while let Some(line) = running.lines.recv().await {
             saw_clean_shutdown |= line.contains("shutdown complete");
         }
     })
@@ -156,4 +190,54 @@ async fn sigterm_commits_what_was_accepted_and_exits_zero() {
         .expect("count")
         .get(0);
     assert_eq!(stored, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_idle_and_half_sent_connections_open_exits_within_seconds() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    let database_url = fresh_database("idle").await;
+    let mut running = start_serve(&database_url).await;
+    let (query, otlp_http, otlp_grpc) = (
+        running.address("query"),
+        running.address("otlp_http"),
+        running.address("otlp_grpc"),
+    );
+    // Never sends a byte.
+    let silent = TcpStream::connect(&query).await.expect("connect");
+    // Half a request head, on the query and on the OTLP/HTTP listener.
+    let mut half_query = TcpStream::connect(&query).await.expect("connect");
+    half_query
+        .write_all(b"GET /api/services HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .expect("send");
+    let mut half_otlp = TcpStream::connect(&otlp_http).await.expect("connect");
+    half_otlp.write_all(b"POST /v1/tra").await.expect("send");
+    // A keep-alive connection after one answered request.
+    let mut kept_alive = TcpStream::connect(&query).await.expect("connect");
+    kept_alive
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("send");
+    let mut status_line = [0u8; 12];
+    kept_alive.read_exact(&mut status_line).await.expect("answer");
+    assert_eq!(&status_line, b"HTTP/1.1 200");
+    // An HTTP/2 client that sent its preface and nothing more, as an idle gRPC channel looks.
+    let mut h2 = TcpStream::connect(&otlp_grpc).await.expect("connect");
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.expect("send");
+
+    let signalled = std::time::Instant::now();
+    let mut process = running.sigterm();
+    let status = tokio::task::spawn_blocking(move || process.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    let took = signalled.elapsed();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        took < Duration::from_secs(3),
+        "SIGTERM took {took:?} with only quiet connections open"
+    );
+    drop((silent, half_query, half_otlp, kept_alive, h2));
 }
