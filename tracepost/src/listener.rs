@@ -185,6 +185,14 @@ pub async fn bind(address: SocketAddr, what: &str) -> anyhow::Result<TcpListener
         .with_context(|| format!("binding the {what} listener on {address}"))
 }
 
+/// HTTP/1 read buffer (request heads must fit in it).
+const H1_MAX_BUFFER: usize = 64 << 10;
+/// HTTP/2 receive window, per connection and per stream: at most this much request body is buffered per
+/// connection before a handler reads it.
+const H2_WINDOW: u32 = 256 << 10;
+/// Concurrent HTTP/2 streams per connection.
+const H2_MAX_STREAMS: u32 = 128;
+
 /// Serves `router` on `listener` with `edge`'s TLS, authentication and timeouts until `shutdown` turns
 /// true; the task ends when the last connection has closed.
 pub fn serve(
@@ -198,15 +206,22 @@ pub fn serve(
         None => router,
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // What a connection may buffer before a handler reads it (and reserves it from the ingest memory
+    // budget) is bounded here: the HTTP/1 read buffer, and HTTP/2's flow-control windows. This is the
+    // per-connection term of the memory bound in ARCHITECTURE.md.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(edge.limits.header_read_timeout);
+        .header_read_timeout(edge.limits.header_read_timeout)
+        .max_buf_size(H1_MAX_BUFFER);
     builder
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(H2_PING_INTERVAL)
-        .keep_alive_timeout(H2_PING_TIMEOUT);
+        .keep_alive_timeout(H2_PING_TIMEOUT)
+        .initial_connection_window_size(H2_WINDOW)
+        .initial_stream_window_size(H2_WINDOW)
+        .max_concurrent_streams(H2_MAX_STREAMS);
     let shared = Arc::new(Shared {
         builder,
         router,

@@ -9,7 +9,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
-use support::{fresh_database, Tracepost};
+use support::{fresh_database, start_serve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MIB: u64 = 1 << 20;
@@ -94,11 +94,13 @@ async fn stall(addr: String) {
 async fn peak_memory_under_hostile_ingest_stays_within_the_documented_bound() {
     let database_url = fresh_database("memory_bound").await;
     let budget = 64 * MIB;
-    let mut tracepost = Tracepost::serve(
+    let budget_flag = budget.to_string();
+    let tracepost = start_serve(
         &database_url,
-        &["--max-inflight-bytes", &budget.to_string(), "--admission-wait", "2s"],
-    );
-    let addr = tracepost.ready(&["otlp_http"]).await.remove(0);
+        &["--max-inflight-bytes", &budget_flag, "--admission-wait", "2s"],
+    )
+    .await;
+    let addr = tracepost.address("otlp_http");
     // Warm up with one ordinary request, then take the idle RSS.
     assert_eq!(
         post(

@@ -2,8 +2,6 @@
 //! even with idle and half-sent connections open.
 //! (This test lives with the binary package because only it can name the built binary.)
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,122 +10,14 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
 
-/// A fresh database on the private test cluster (or TRACEPOST_TEST_DATABASE_URL's server).
-async fn fresh_database(test: &str) -> String {
-    let server = std::env::var("TRACEPOST_TEST_DATABASE_URL").unwrap_or_else(|_| {
-        let script = format!("{}/../scripts/pg-cluster.sh", env!("CARGO_MANIFEST_DIR"));
-        let output = Command::new("bash")
-            .arg(&script)
-            .args(["start", "test"])
-            .output()
-            .expect("run pg-cluster.sh");
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8(output.stdout).expect("utf-8").trim().to_owned()
-    });
-    let (client, connection) = tokio_postgres::connect(&server, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(connection);
-    let name = format!("tracepost_test_sigterm_{test}_{}", std::process::id());
-    client
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
-        .await
-        .expect("drop");
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create");
-    let (base, query) = server
-        .split_once('?')
-        .map_or((server.as_str(), ""), |(base, query)| (base, query));
-    let (host, _) = base.rsplit_once('/').expect("database in url");
-    format!("{host}/{name}?{query}")
-}
+mod support;
 
-/// Kills the child if the test fails before it is stopped on purpose.
-struct KillOnDrop(Option<std::process::Child>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(child) = self.0.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// The running binary, its log lines, and the addresses from its readiness line.
-struct Running {
-    child: KillOnDrop,
-    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
-    ready_line: String,
-}
-
-impl Running {
-    /// The address the readiness line gives for `field` (`otlp_http`, `query`, ...).
-    fn address(&self, field: &str) -> String {
-        let key = format!("{field}=Some(");
-        let start = self
-            .ready_line
-            .find(&key)
-            .unwrap_or_else(|| panic!("{field} in {}", self.ready_line))
-            + key.len();
-        let end = start + self.ready_line[start..].find(')').expect("closing parenthesis");
-        self.ready_line[start..end].to_owned()
-    }
-
-    fn sigterm(&mut self) -> std::process::Child {
-        let process = self.child.0.take().expect("child");
-        assert!(Command::new("kill")
-            .args(["-TERM", &process.id().to_string()])
-            .status()
-            .expect("kill")
-            .success());
-        process
-    }
-}
-
-/// Starts `tracepost serve` on free loopback ports and waits for its readiness log line.
-async fn start_serve(database_url: &str) -> Running {
-    let child = Command::new(env!("CARGO_BIN_EXE_tracepost"))
-        .args(["serve", "--database-url", database_url])
-        .args(["--otlp-grpc-listen", "127.0.0.1:0", "--otlp-http-listen", "127.0.0.1:0"])
-        .args(["--query-listen", "127.0.0.1:0", "--tempo-listen", "127.0.0.1:0"])
-        .env("TRACEPOST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start tracepost");
-    let mut child = KillOnDrop(Some(child));
-    let stderr = child.0.as_mut().and_then(|child| child.stderr.take()).expect("stderr");
-    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    // Readiness: the log line that names the bound addresses.
-    let ready_line = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.recv().await {
-            if line.contains("tracepost is ready") {
-                return line;
-            }
-        }
-        panic!("tracepost exited before it was ready");
-    })
-    .await
-    .expect("ready within a minute");
-    Running {
-        child,
-        lines,
-        ready_line,
-    }
-}
+use support::{fresh_database, start_serve};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_commits_what_was_accepted_and_exits_zero() {
-    let database_url = fresh_database("commits").await;
-    let mut running = start_serve(&database_url).await;
+    let database_url = fresh_database("sigterm_commits").await;
+    let mut running = start_serve(&database_url, &[]).await;
     let http_addr = running.address("otlp_http");
 
     let spans = (1..=3u8)
@@ -197,8 +87,8 @@ async fn sigterm_with_idle_and_half_sent_connections_open_exits_within_seconds()
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
-    let database_url = fresh_database("idle").await;
-    let mut running = start_serve(&database_url).await;
+    let database_url = fresh_database("sigterm_idle").await;
+    let mut running = start_serve(&database_url, &[]).await;
     let (query, otlp_http, otlp_grpc) = (
         running.address("query"),
         running.address("otlp_http"),

@@ -1,4 +1,4 @@
-//! What the tests that run the real binary share: a fresh database, the process, and its log.
+//! What the tests that run the real binary share: a fresh database, the process, its log and its addresses.
 #![allow(dead_code, unreachable_pub)]
 
 use std::io::{BufRead, BufReader};
@@ -37,81 +37,94 @@ pub async fn fresh_database(test: &str) -> String {
     format!("{host}/{name}?{query}")
 }
 
-/// The running binary; killed if the test ends before it is stopped on purpose.
-pub struct Tracepost {
-    pub child: Option<std::process::Child>,
-    pub lines: tokio::sync::mpsc::UnboundedReceiver<String>,
-}
+/// Kills the child if the test fails before it is stopped on purpose.
+pub struct KillOnDrop(Option<std::process::Child>);
 
-impl Drop for Tracepost {
+impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
+        if let Some(child) = self.0.as_mut() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 }
 
-impl Tracepost {
-    /// Starts `tracepost serve` on loopback ports with `args` added.
-    pub fn serve(database_url: &str, args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tracepost"))
-            .args(["serve", "--database-url", database_url])
-            .args(["--otlp-grpc-listen", "127.0.0.1:0", "--otlp-http-listen", "127.0.0.1:0"])
-            .args(["--query-listen", "127.0.0.1:0", "--tempo-listen", "127.0.0.1:0"])
-            .args(args)
-            .env("TRACEPOST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start tracepost");
-        let stderr = child.stderr.take().expect("stderr");
-        let (lines_tx, lines) = tokio::sync::mpsc::unbounded_channel::<String>();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = lines_tx.send(line);
-            }
-        });
-        Self {
-            child: Some(child),
-            lines,
-        }
-    }
+/// The running binary, its log lines, and the addresses from its readiness line.
+pub struct Running {
+    pub child: KillOnDrop,
+    pub lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    ready_line: String,
+}
 
-    /// Waits for the log line that names the bound addresses and returns the value of `field`
-    /// (e.g. `otlp_http`).
-    pub async fn ready(&mut self, fields: &[&str]) -> Vec<String> {
-        tokio::time::timeout(Duration::from_secs(60), async {
-            while let Some(line) = self.lines.recv().await {
-                if line.contains("tracepost is ready") {
-                    return fields
-                        .iter()
-                        .map(|field| {
-                            let marker = format!("{field}=Some(");
-                            let start = line.find(&marker).expect("field in the ready line") + marker.len();
-                            let end = start + line[start..].find(')').expect("closing parenthesis");
-                            line[start..end].to_owned()
-                        })
-                        .collect();
-                }
-            }
-            panic!("tracepost exited before it was ready");
-        })
-        .await
-        .expect("ready within a minute")
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
+impl Running {
+    /// The address the readiness line gives for `field` (`otlp_http`, `query`, ...).
+    pub fn address(&self, field: &str) -> String {
+        let key = format!("{field}=Some(");
+        let start = self
+            .ready_line
+            .find(&key)
+            .unwrap_or_else(|| panic!("{field} in {}", self.ready_line))
+            + key.len();
+        let end = start + self.ready_line[start..].find(')').expect("closing parenthesis");
+        self.ready_line[start..end].to_owned()
     }
 
     /// A value in kB from `/proc/<pid>/status` (`VmRSS`, `VmHWM`).
     pub fn status_kb(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        let pid = self.child.0.as_ref().expect("running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
         status
             .lines()
             .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|value| value.trim().trim_end_matches(" kB").trim().parse().ok())
             .unwrap_or_else(|| panic!("{field} not in /proc status"))
+    }
+
+    pub fn sigterm(&mut self) -> std::process::Child {
+        let process = self.child.0.take().expect("child");
+        assert!(Command::new("kill")
+            .args(["-TERM", &process.id().to_string()])
+            .status()
+            .expect("kill")
+            .success());
+        process
+    }
+}
+
+/// Starts `tracepost serve` on free loopback ports and waits for its readiness log line.
+pub async fn start_serve(database_url: &str, args: &[&str]) -> Running {
+    let child = Command::new(env!("CARGO_BIN_EXE_tracepost"))
+        .args(["serve", "--database-url", database_url])
+        .args(["--otlp-grpc-listen", "127.0.0.1:0", "--otlp-http-listen", "127.0.0.1:0"])
+        .args(["--query-listen", "127.0.0.1:0", "--tempo-listen", "127.0.0.1:0"])
+        .args(args)
+        .env("TRACEPOST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tracepost");
+    let mut child = KillOnDrop(Some(child));
+    let stderr = child.0.as_mut().and_then(|child| child.stderr.take()).expect("stderr");
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    // Readiness: the log line that names the bound addresses.
+    let ready_line = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.recv().await {
+            if line.contains("tracepost is ready") {
+                return line;
+            }
+        }
+        panic!("tracepost exited before it was ready");
+    })
+    .await
+    .expect("ready within a minute");
+    Running {
+        child,
+        lines,
+        ready_line,
     }
 }
