@@ -13,7 +13,7 @@ use opentelemetry_proto::tonic::common::v1 as otlp_common;
 use opentelemetry_proto::tonic::trace::v1 as otlp_trace;
 use prost::Message;
 use tracepost_storage::copy::{encode_span_row, sanitize_text, RowContext};
-use tracepost_storage::limits::{key_value_exceeds, retain_within_nesting};
+use tracepost_storage::limits::{key_value_exceeds, label_column, retain_within_nesting};
 use tracepost_storage::model::{
     self, Resource, Scope, Span, SpanDetail, SpanId, SpanKind, StatusCode, TraceId, NO_SERVICE_NAME,
 };
@@ -106,8 +106,68 @@ impl Converted {
     }
 }
 
+/// What one span costs a conversion beyond its row bytes, at most: its metrics record, its share of the
+/// operation index and of the resource days (a generous bound, checked by [`Allowance`]).
+pub(crate) const PER_SPAN_BYTES: usize = 256;
+
+/// The memory a conversion may take, grown on demand from the ingest memory budget: conversion checks it as
+/// the encoded rows grow, so a request whose rows would outgrow the budget (a small body whose resource
+/// repeats into every row, say) is refused instead of allocated.
+pub struct Allowance<'a> {
+    allowed: usize,
+    grow: Option<&'a mut dyn FnMut(usize) -> bool>,
+}
+
+impl<'a> Allowance<'a> {
+    /// No limit (tests, benchmarks, tools).
+    pub fn unlimited() -> Self {
+        Self {
+            allowed: usize::MAX,
+            grow: None,
+        }
+    }
+
+    /// `allowed` bytes already reserved; `grow(total)` reserves up to `total` or says it cannot.
+    pub fn new(allowed: usize, grow: &'a mut dyn FnMut(usize) -> bool) -> Self {
+        Self {
+            allowed,
+            grow: Some(grow),
+        }
+    }
+
+    /// Whether `used` bytes fit, growing the reservation by half again when they do not.
+    pub(crate) fn admit(&mut self, used: usize) -> bool {
+        if used <= self.allowed {
+            return true;
+        }
+        let Some(grow) = self.grow.as_mut() else { return true };
+        let wanted = used.max(self.allowed.saturating_add(self.allowed / 2));
+        if grow(wanted) {
+            self.allowed = wanted;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// A request whose conversion would take more memory than the ingest budget gives it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the request's spans encode into more memory than the ingest budget allows")]
+pub struct OverBudget;
+
 /// Converts and encodes a decoded request, consuming it.
 pub fn convert_request(request: ExportTraceServiceRequest, config: &ConvertConfig) -> Converted {
+    // Without a limit the conversion cannot be over it.
+    convert_request_within(request, config, &mut Allowance::unlimited()).unwrap_or_default()
+}
+
+/// [`convert_request`] within an [`Allowance`].
+pub fn convert_request_within(
+    request: ExportTraceServiceRequest,
+    config: &ConvertConfig,
+    allowance: &mut Allowance<'_>,
+) -> Result<Converted, OverBudget> {
     let mut converted = Converted {
         metrics: config.span_metrics.as_deref().map(|metrics| {
             let spans = request
@@ -206,13 +266,16 @@ pub fn convert_request(request: ExportTraceServiceRequest, config: &ConvertConfi
                 );
                 encode_span_row(&mut rows, info.context(), &span);
                 converted.encoded.span_count += 1;
+                if !allowance.admit(rows.capacity() + converted.encoded.span_count * PER_SPAN_BYTES) {
+                    return Err(OverBudget);
+                }
             }
         }
     }
     converted.encoded.rows = rows.freeze();
     (converted.encoded.operations, converted.operation_keys) = operations.finish(&config.catalog);
     converted.encoded.operation_index = operation_index.finish();
-    converted
+    Ok(converted)
 }
 
 /// What normalisation reads of an attribute value.
@@ -253,13 +316,13 @@ impl ResourceInfo {
         metrics: Option<&mut RequestMetrics>,
     ) -> Self {
         let service = match outcome.service.as_deref() {
-            Some(name) if !name.is_empty() => sanitize_text(name).into_owned(),
+            Some(name) if !name.is_empty() => label_column(name).into_owned(),
             _ => NO_SERVICE_NAME.to_owned(),
         };
         let cluster = outcome
             .cluster
             .as_deref()
-            .map(|name| sanitize_text(name).into_owned())
+            .map(|name| label_column(name).into_owned())
             .or_else(|| config.cluster_name.clone());
         let id = resource_id_of(&body);
         let metrics_resource = metrics.map_or(0, |metrics| {

@@ -9,11 +9,13 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::body::{self, Encoding};
+use crate::convert::Allowance;
 use crate::convert::{ConvertConfig, Converted};
-use crate::json::{self, convert_json};
+use crate::json::{self, convert_json_within, JsonError};
 use crate::metrics::{ReasonLabels, RefusalLabels, TransportLabels};
+use crate::pipeline::BudgetError;
 use crate::pipeline::{IngestError, Pipeline, Reservation};
-use crate::wire::convert_protobuf;
+use crate::wire::{self, convert_protobuf_within};
 use crate::CollectorMetrics;
 
 /// The transport a request came in on (a metric label).
@@ -201,24 +203,49 @@ impl Ingest {
             } else {
                 message.len()
             };
-            let cost = match format {
-                PayloadFormat::Protobuf => message.len().saturating_mul(2).saturating_add(PROTOBUF_OVERHEAD),
-                PayloadFormat::Json => json::decode_cost(&message),
+            // Decoding's own structures (JSON: counted before decoding) and a first allowance for the rows,
+            // which grows from the budget as conversion writes them.
+            let (decoding, rows) = match format {
+                PayloadFormat::Protobuf => (0, message.len().saturating_mul(2).saturating_add(PROTOBUF_OVERHEAD)),
+                PayloadFormat::Json => (
+                    json::decode_cost(&message),
+                    message.len().saturating_add(PROTOBUF_OVERHEAD),
+                ),
             };
+            let held = compressed_len + decoded_len + decoding;
             budget
-                .reserve_blocking(
-                    &runtime,
-                    &mut reservation,
-                    compressed_len + decoded_len + cost,
-                    deadline,
-                )
+                .reserve_blocking(&runtime, &mut reservation, held + rows, deadline)
                 .map_err(|error| body::budget_error(error, "decoding the request"))?;
+            let mut refused = None;
+            let mut grow =
+                |total: usize| match budget.reserve_blocking(&runtime, &mut reservation, held + total, deadline) {
+                    Ok(()) => true,
+                    Err(error) => {
+                        refused = Some(error);
+                        false
+                    }
+                };
+            let mut allowance = Allowance::new(rows, &mut grow);
             let converted = match format {
-                PayloadFormat::Protobuf => convert_protobuf(&message, &this.convert)
-                    .map_err(|error| ExportError::Decode(format!("invalid protobuf: {error}")))?,
-                PayloadFormat::Json => convert_json(&message, &this.convert)
-                    .map_err(|error| ExportError::Decode(format!("invalid json: {error}")))?,
+                PayloadFormat::Protobuf => {
+                    convert_protobuf_within(&message, &this.convert, &mut allowance).map_err(|error| match error {
+                        wire::OVER_BUDGET => None,
+                        error => Some(ExportError::Decode(format!("invalid protobuf: {error}"))),
+                    })
+                }
+                PayloadFormat::Json => {
+                    convert_json_within(&message, &this.convert, &mut allowance).map_err(|error| match error {
+                        JsonError::OverBudget(_) => None,
+                        error => Some(ExportError::Decode(error.to_string())),
+                    })
+                }
             };
+            drop(allowance);
+            let converted = converted.map_err(|error| {
+                error.unwrap_or_else(|| {
+                    body::budget_error(refused.unwrap_or(BudgetError::TooLarge), "encoding the request's spans")
+                })
+            })?;
             Ok((converted, reservation))
         })
         .await

@@ -12,7 +12,7 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::convert::{convert_request, ConvertConfig, Converted, RejectReason};
+use crate::convert::{convert_request_within, Allowance, ConvertConfig, Converted, OverBudget, RejectReason};
 
 /// What decoding may allocate per JSON object, at most: every object becomes at most one generated struct
 /// (a `Span` is the largest), a `Vec` holding it may be twice as large as its contents, and each span also
@@ -74,7 +74,25 @@ struct RawScopeSpans<'a> {
 
 /// Decodes and converts an OTLP/JSON body. An error means the request's structure is not OTLP/JSON; a
 /// span that does not decode is rejected on its own ([`RejectReason::MalformedSpan`]).
-pub fn convert_json(body: &[u8], config: &ConvertConfig) -> Result<Converted, serde_json::Error> {
+pub fn convert_json(body: &[u8], config: &ConvertConfig) -> Result<Converted, JsonError> {
+    convert_json_within(body, config, &mut Allowance::unlimited())
+}
+
+/// Why an OTLP/JSON body was refused whole.
+#[derive(Debug, thiserror::Error)]
+pub enum JsonError {
+    #[error("invalid json: {0}")]
+    Invalid(#[from] serde_json::Error),
+    #[error(transparent)]
+    OverBudget(#[from] OverBudget),
+}
+
+/// [`convert_json`] within an [`Allowance`].
+pub fn convert_json_within(
+    body: &[u8],
+    config: &ConvertConfig,
+    allowance: &mut Allowance<'_>,
+) -> Result<Converted, JsonError> {
     let request: Request<'_> = serde_json::from_slice(body)?;
     let mut malformed = 0u64;
     let resource_spans = request
@@ -98,7 +116,7 @@ pub fn convert_json(body: &[u8], config: &ConvertConfig) -> Result<Converted, se
                 .collect(),
         })
         .collect();
-    let mut converted = convert_request(ExportTraceServiceRequest { resource_spans }, config);
+    let mut converted = convert_request_within(ExportTraceServiceRequest { resource_spans }, config, allowance)?;
     for _ in 0..malformed {
         converted.reject(RejectReason::MalformedSpan);
     }

@@ -20,7 +20,7 @@ use tracepost_storage::limits::MAX_ATTRIBUTE_NESTING;
 use tracepost_storage::model::{SpanKind, StatusCode};
 
 use crate::catalog::{RequestOperationIndex, RequestOperations};
-use crate::convert::{validate_span, ConvertConfig, Converted, ResourceInfo, ValidIds};
+use crate::convert::{validate_span, Allowance, ConvertConfig, Converted, ResourceInfo, ValidIds};
 use crate::normalize::{derived_status, ResourceFacts, Scalar, SpanFacts};
 use crate::red::{RequestMetrics, SpanInput};
 
@@ -270,9 +270,23 @@ fn put_string_attribute(out: &mut Vec<u8>, field: u32, key: &str, value: &str) {
     put_len(out, field, &pair);
 }
 
+/// The request's rows would outgrow the memory the ingest budget gives it.
+pub const OVER_BUDGET: WireError =
+    WireError("the request's spans encode into more memory than the ingest budget allows");
+
 /// Converts a protobuf `ExportTraceServiceRequest` straight from its bytes.
 pub fn convert_protobuf(body: &[u8], config: &ConvertConfig) -> Result<Converted> {
+    convert_protobuf_within(body, config, &mut Allowance::unlimited())
+}
+
+/// [`convert_protobuf`] within an [`Allowance`]: [`OVER_BUDGET`] when the rows would outgrow it.
+pub fn convert_protobuf_within(
+    body: &[u8],
+    config: &ConvertConfig,
+    allowance: &mut Allowance<'_>,
+) -> Result<Converted> {
     let mut state = State {
+        allowance,
         converted: Converted {
             // A Linkerd span takes some 400 bytes of protobuf.
             metrics: config
@@ -304,7 +318,8 @@ pub fn convert_protobuf(body: &[u8], config: &ConvertConfig) -> Result<Converted
     Ok(state.converted)
 }
 
-struct State<'c> {
+struct State<'c, 'a> {
+    allowance: &'c mut Allowance<'a>,
     converted: Converted,
     rows: BytesMut,
     resource_days: HashSet<(i64, i32)>,
@@ -315,7 +330,7 @@ struct State<'c> {
     config: &'c ConvertConfig,
 }
 
-impl State<'_> {
+impl State<'_, '_> {
     fn resource_spans(&mut self, bytes: &[u8]) -> Result<()> {
         // Fields may come in any order: collect first, then build the resource before its spans.
         let mut resources = Vec::new();
@@ -579,6 +594,12 @@ impl State<'_> {
             .observe(&info.service, &safe_name, trace_id, fields.start, fields.end);
         encode_span_row_with_detail(&mut self.rows, info.context(), &row, &self.detail);
         self.converted.encoded.span_count += 1;
+        let used = self.rows.capacity()
+            + self.detail.capacity()
+            + self.converted.encoded.span_count * crate::convert::PER_SPAN_BYTES;
+        if !self.allowance.admit(used) {
+            return Err(OVER_BUDGET);
+        }
         Ok(())
     }
 }
@@ -1105,6 +1126,60 @@ mod tests {
         reversed.extend_from_slice(b"peed\x04\x0a"); // KeyValue.key = "deep"
         reversed.reverse();
         assert_eq!(check_key_value(&reversed, 1), Err(TOO_DEEP));
+    }
+
+    /// A resource's service name is written into every row of its spans: a request of many tiny spans under
+    /// one long name encodes into rows many times its size. The service column is cut to 256 bytes, and the
+    /// rows are admitted against the allowance as they grow, so such a request is refused when the budget
+    /// says no, and converts when it says yes.
+    #[test]
+    fn rows_that_would_outgrow_the_allowance_are_refused_while_they_are_written() {
+        let span = |index: u32| Span {
+            trace_id: vec![1; 16],
+            span_id: [index.to_le_bytes(), [1; 4]].concat(),
+            start_time_unix_nano: 1,
+            end_time_unix_nano: 1,
+            ..Default::default()
+        };
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![KeyValue {
+                        key: "service.name".into(),
+                        value: Some(AnyValue {
+                            value: Some(any_value::Value::StringValue("s".repeat(100_000))),
+                        }),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans: (0..5_000).map(span).collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let body = request.encode_to_vec();
+        let mut asked = 0;
+        let mut refuse = |total: usize| {
+            asked = asked.max(total);
+            false
+        };
+        let error = convert_protobuf_within(&body, &config(), &mut Allowance::new(body.len() * 2, &mut refuse))
+            .expect_err("over the allowance");
+        assert_eq!(error, OVER_BUDGET);
+        assert!(asked > body.len() * 2, "{asked}");
+        let mut grant = |_: usize| true;
+        let converted = convert_protobuf_within(&body, &config(), &mut Allowance::new(body.len() * 2, &mut grant))
+            .expect("granted");
+        assert_eq!(converted.encoded.span_count, 5_000);
+        // Each row holds the cut name, not the 100 kB one.
+        assert!(
+            converted.encoded.rows.len() < 5_000 * 600,
+            "{}",
+            converted.encoded.rows.len()
+        );
     }
 
     /// The report's request: a span whose attribute nests arrays 50-99 levels (or key-value lists 45-49)

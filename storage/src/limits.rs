@@ -25,6 +25,26 @@ pub const DEEPEST_ATTRIBUTE_IN_STORAGE: u32 = 2;
 const _: () = assert!(DEEPEST_ATTRIBUTE_IN_REQUEST - 1 + MAX_ATTRIBUTE_NESTING <= PROST_RECURSION_LIMIT);
 const _: () = assert!(DEEPEST_ATTRIBUTE_IN_STORAGE - 1 + MAX_ATTRIBUTE_NESTING <= PROST_RECURSION_LIMIT);
 
+/// The longest service or cluster name the indexed columns hold, in bytes. A resource's service name is
+/// written into every row of its spans, so an unbounded one would let a small request encode into rows many
+/// times its size; the full name stays in the stored resource. Queries cut names the same way
+/// ([`label_column`]), so a search for the full name still finds its spans.
+pub const MAX_LABEL_BYTES: usize = 256;
+
+/// A service or cluster name as its column holds it: NUL (which PostgreSQL text refuses) as U+FFFD, cut to
+/// [`MAX_LABEL_BYTES`] at a character boundary.
+pub fn label_column(text: &str) -> std::borrow::Cow<'_, str> {
+    let text = crate::copy::sanitize_text(text);
+    if text.len() <= MAX_LABEL_BYTES {
+        return text;
+    }
+    let mut end = MAX_LABEL_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(text[..end].to_owned())
+}
+
 /// Whether an attribute nests deeper than [`MAX_ATTRIBUTE_NESTING`] messages. Recursion stops as soon as
 /// the limit is passed, so the stack depth is bounded whatever the value.
 pub fn key_value_exceeds(attribute: &KeyValue) -> bool {
@@ -176,6 +196,16 @@ mod tests {
             ..SpanDetail::default()
         };
         assert!(SpanDetail::decode(detail.encode_to_vec().as_slice()).is_err());
+    }
+
+    #[test]
+    fn label_columns_are_cut_at_a_character_boundary_and_lose_their_nul() {
+        assert_eq!(label_column("svc\0name"), "svc\u{fffd}name");
+        let long = "é".repeat(200);
+        let cut = label_column(&long);
+        assert_eq!(cut.len(), MAX_LABEL_BYTES);
+        assert!(long.starts_with(cut.as_ref()));
+        assert_eq!(label_column(&"a".repeat(300)).len(), MAX_LABEL_BYTES);
     }
 
     #[test]
