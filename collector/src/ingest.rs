@@ -240,7 +240,6 @@ impl Ingest {
                     })
                 }
             };
-            drop(allowance);
             let converted = converted.map_err(|error| {
                 error.unwrap_or_else(|| {
                     body::budget_error(refused.unwrap_or(BudgetError::TooLarge), "encoding the request's spans")
