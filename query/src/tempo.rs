@@ -298,12 +298,17 @@ async fn search_traces(
 
 // === tags ===
 
-/// The `q` narrowing a tag request; an invalid or incomplete one is ignored, as Tempo does.
-fn narrowing_query(params: &Params) -> Query {
-    params
-        .get("q")
-        .and_then(|text| Query::parse(text).ok())
-        .unwrap_or_else(Query::match_all)
+/// The `q` narrowing a tag request; an invalid or incomplete one is ignored, as Tempo does (Grafana sends what
+/// the user is typing), but one over a limit is refused.
+fn narrowing_query(params: &Params) -> Result<Query, TempoError> {
+    match params.get("q").map(Query::parse) {
+        None => Ok(Query::match_all()),
+        Some(Ok(query)) => Ok(query),
+        Some(Err(error)) if error.is_limit_exceeded() => {
+            Err(TempoError::BadRequest(format!("invalid TraceQL query: {error}")))
+        }
+        Some(Err(_)) => Ok(Query::match_all()),
+    }
 }
 
 fn tag_limit(params: &Params) -> usize {
@@ -349,7 +354,7 @@ async fn search_tags(
 ) -> Result<Json<TagsResponse>, TempoError> {
     let params = params(query)?;
     let scopes = tags::scopes(params.get("scope"));
-    let query = narrowing_query(&params);
+    let query = narrowing_query(&params)?;
     let sample = if tags::need_sample(&scopes) {
         sample(&reader, &query, &params).await?
     } else {
@@ -366,7 +371,7 @@ async fn search_tag_values(
     let Path(tag) = path.map_err(|rejection| TempoError::BadRequest(rejection.body_text()))?;
     let params = params(query)?;
     let limit = tag_limit(&params);
-    let query = narrowing_query(&params);
+    let query = narrowing_query(&params)?;
     let response = match tags::source(&tag) {
         Source::Services => tags::string_values(services(&reader, &query).await?, limit),
         Source::SpanNames => tags::string_values(span_names(&reader, &query, limit).await?, limit),
@@ -468,8 +473,15 @@ mod tests {
 
     #[test]
     fn tag_requests_ignore_bad_queries_and_limits() {
-        assert!(narrowing_query(&params(&[("q", "{ resource.service.name = ")])).is_match_all());
-        assert!(!narrowing_query(&params(&[("q", r#"{resource.service.name="a"}"#)])).is_match_all());
+        let narrowing = |q: &str| narrowing_query(&params(&[("q", q)]));
+        assert!(narrowing("{ resource.service.name = ").expect("ignored").is_match_all());
+        assert!(!narrowing(r#"{resource.service.name="a"}"#)
+            .expect("valid")
+            .is_match_all());
+        let too_deep = format!("{{{}", "(".repeat(100));
+        assert!(
+            matches!(narrowing(&too_deep), Err(TempoError::BadRequest(message)) if message.contains("nested more than"))
+        );
         assert_eq!(tag_limit(&params(&[("limit", "5000"), ("tag", "name")])), 5000);
         assert_eq!(tag_limit(&params(&[("limit", "-1")])), DEFAULT_TAG_LIMIT);
         assert_eq!(tag_limit(&params(&[("limit", "7")])), 7);

@@ -97,12 +97,38 @@ pub const STATUS_KEYWORDS: [&str; 3] = ["ok", "error", "unset"];
 /// The kind keywords, in the order Tempo lists them.
 pub const KIND_KEYWORDS: [&str; 6] = ["client", "server", "producer", "consumer", "internal", "unspecified"];
 
+/// Bounds on the queries [`Query::parse_with`] accepts, so that no query text can exhaust the parser's stack
+/// or the evaluator's time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParseLimits {
+    /// Bytes of query text at most.
+    pub max_length: usize,
+    /// Parentheses nested inside one another at most.
+    pub max_depth: usize,
+}
+
+impl Default for ParseLimits {
+    fn default() -> Self {
+        Self {
+            max_length: DEFAULT_MAX_LENGTH,
+            max_depth: DEFAULT_MAX_DEPTH,
+        }
+    }
+}
+
+/// The default [`ParseLimits::max_length`]: Grafana's builder writes a few hundred bytes even for many
+/// selected values.
+pub const DEFAULT_MAX_LENGTH: usize = 16 * 1024;
+/// The default [`ParseLimits::max_depth`]: Grafana's builder nests one level.
+pub const DEFAULT_MAX_DEPTH: usize = 32;
+
 /// Why a query was refused; its text says what and where (1-based character position).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{message} (at character {position})")]
 pub struct ParseError {
     message: String,
     position: usize,
+    limit_exceeded: bool,
 }
 
 impl ParseError {
@@ -110,7 +136,20 @@ impl ParseError {
         Self {
             message: message.into(),
             position: position + 1,
+            limit_exceeded: false,
         }
+    }
+
+    fn limit(message: impl Into<String>, position: usize) -> Self {
+        Self {
+            limit_exceeded: true,
+            ..Self::new(message, position)
+        }
+    }
+
+    /// Whether the query was refused for exceeding a [`ParseLimits`] bound rather than for its syntax.
+    pub fn is_limit_exceeded(&self) -> bool {
+        self.limit_exceeded
     }
 }
 
@@ -121,12 +160,28 @@ pub struct Query {
 }
 
 impl Query {
-    /// Parses a query; an empty or blank text is `{}`.
+    /// Parses a query within the default [`ParseLimits`]; an empty or blank text is `{}`.
     pub fn parse(text: &str) -> Result<Self, ParseError> {
+        Self::parse_with(text, ParseLimits::default())
+    }
+
+    /// Parses a query within `limits`; an empty or blank text is `{}`.
+    pub fn parse_with(text: &str, limits: ParseLimits) -> Result<Self, ParseError> {
+        if text.len() > limits.max_length {
+            return Err(ParseError::limit(
+                format!(
+                    "the query is {} bytes long, over the limit of {} bytes: shorten it, e.g. with one regular \
+                     expression (`=~ \"a|b\"`) instead of many `||` terms",
+                    text.len(),
+                    limits.max_length
+                ),
+                0,
+            ));
+        }
         if text.trim().is_empty() {
             return Ok(Self::match_all());
         }
-        Parser::new(text)?.query()
+        Parser::new(text, limits.max_depth)?.query()
     }
 
     /// `{}`: every span.

@@ -34,14 +34,19 @@ pub(super) struct Parser {
     next: usize,
     /// Where the text ends (for errors at the end).
     length: usize,
+    /// Parentheses open at the current position, and how many may be.
+    depth: usize,
+    max_depth: usize,
 }
 
 impl Parser {
-    pub(super) fn new(text: &str) -> Result<Self, ParseError> {
+    pub(super) fn new(text: &str, max_depth: usize) -> Result<Self, ParseError> {
         Ok(Self {
             lexemes: lex(text)?,
             next: 0,
             length: text.chars().count(),
+            depth: 0,
+            max_depth,
         })
     }
 
@@ -116,12 +121,26 @@ impl Parser {
         })
     }
 
+    /// A comparison or a parenthesised expression. The only recursion of the parser goes through here, so the
+    /// depth check bounds its stack.
     fn primary(&mut self) -> Result<Expr, ParseError> {
+        let position = self.position();
         if self.eat(&Token::LeftParen) {
+            if self.depth >= self.max_depth {
+                return Err(ParseError::limit(
+                    format!(
+                        "parentheses are nested more than {} deep: remove redundant parentheses",
+                        self.max_depth
+                    ),
+                    position,
+                ));
+            }
+            self.depth += 1;
             let expr = self.or()?;
             if !self.eat(&Token::RightParen) {
                 return self.error("expected `)`");
             }
+            self.depth -= 1;
             return Ok(expr);
         }
         self.comparison().map(Expr::Compare)

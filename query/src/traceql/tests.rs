@@ -489,3 +489,45 @@ fn service_and_duration_hints() {
         vec![&Field::Span("a".into()), &Field::Status, &Field::Kind]
     );
 }
+
+#[test]
+fn deeply_nested_queries_are_refused_not_a_stack_overflow() {
+    // What a hostile client sends: `{` and thousands of `(`; the parser used to recurse until the stack ran out.
+    let hostile = format!("{{{}", "(".repeat(10_000));
+    let refused = Query::parse(&hostile).expect_err("too deep");
+    assert!(refused.is_limit_exceeded());
+    assert_eq!(
+        refused.to_string(),
+        "parentheses are nested more than 32 deep: remove redundant parentheses (at character 34)"
+    );
+    // Balanced nesting just within the limit still parses, and one level more is refused.
+    let nested = |depth: usize| format!("{{ {}name = \"a\"{} }}", "(".repeat(depth), ")".repeat(depth));
+    assert_eq!(parse(&nested(DEFAULT_MAX_DEPTH)).operation(), Some("a"));
+    assert!(Query::parse(&nested(DEFAULT_MAX_DEPTH + 1))
+        .expect_err("one too deep")
+        .is_limit_exceeded());
+    let strict = ParseLimits {
+        max_depth: 1,
+        ..ParseLimits::default()
+    };
+    assert!(Query::parse_with(&nested(1), strict).is_ok());
+    assert!(Query::parse_with(&nested(2), strict).is_err());
+}
+
+#[test]
+fn overlong_queries_are_refused_before_lexing() {
+    let long = format!("{{ name = \"{}\" }}", "x".repeat(DEFAULT_MAX_LENGTH));
+    let refused = Query::parse(&long).expect_err("too long");
+    assert!(refused.is_limit_exceeded());
+    assert!(
+        refused.to_string().starts_with(&format!(
+            "the query is {} bytes long, over the limit of 16384 bytes: shorten it",
+            long.len()
+        )),
+        "{refused}"
+    );
+    let within = format!("{{ name = \"{}\" }}", "x".repeat(DEFAULT_MAX_LENGTH - 20));
+    assert_eq!(parse(&within).operation().map(str::len), Some(DEFAULT_MAX_LENGTH - 20));
+    // A syntax error is not a limit.
+    assert!(!Query::parse("{ name = }").expect_err("syntax").is_limit_exceeded());
+}
