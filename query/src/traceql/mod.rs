@@ -11,9 +11,9 @@
 //! * Values: `"strings"` (Go escapes; a backslash before any other character is kept, for regex escapes) and
 //!   `` `raw strings` ``, integers, floats, Go durations (`100ms`, `1.5s`, `1h30m`), `true`/`false`, the status
 //!   keywords `ok|error|unset` and the kind keywords `client|server|producer|consumer|internal|unspecified`.
-//! * Regular expressions (`=~`, `!~`) match the whole value. Only literal characters, escaped metacharacters
-//!   (`\.`), `.`, the classes `\d \w \s`, the quantifiers `* + ?` and top-level `|` alternatives are supported:
-//!   what Grafana emits (`"a|b"`, with metacharacters escaped) and the usual `.*` wildcards.
+//! * Regular expressions (`=~`, `!~`) have RE2 syntax, as in Tempo, and match the whole value. Unlike Go's,
+//!   the classes `\d \w \s` include non-ASCII digits, letters and spaces. One whose compiled form would be
+//!   large is refused, so none is expensive.
 //!
 //! Every span-level comparison of a query holds on one span. `traceDuration` is the trace's (latest end minus
 //! earliest start). A comparison on an attribute the span does not have is false, whatever the operator.
