@@ -22,6 +22,7 @@ use tracepost_storage::model::TraceId;
 use tracepost_storage::{StorageError, StoredTrace, TimeRange, TraceReader};
 
 use crate::jaeger;
+use crate::limits::{QueryLimits, Shared, TRUNCATED_HEADER};
 use crate::otlp_json::{self, OtlpJson};
 
 /// How far a client's `start`/`end` hint is widened on each side: clients derive it from what they displayed,
@@ -31,9 +32,15 @@ const RANGE_SLACK_NANOS: i64 = 10 * 60 * 1_000_000_000;
 /// as microseconds it would be a date in 1973.
 const MILLIS_CUTOFF: i64 = 100_000_000_000_000;
 
-/// The query API: Jaeger's v1 and api_v3 trace-by-ID routes, reading from `reader`.
+/// The query API (Jaeger's v1 and api_v3 routes) reading from `reader`, within the default [`QueryLimits`].
 pub fn router(reader: TraceReader) -> Router {
-    routes(reader.clone()).merge(crate::search::routes(reader))
+    router_with_limits(reader, QueryLimits::default())
+}
+
+/// The query API (Jaeger's v1 and api_v3 routes) reading from `reader`, within `limits`.
+pub fn router_with_limits(reader: TraceReader, limits: QueryLimits) -> Router {
+    let reader = reader.with_max_spans_per_trace(limits.max_spans_per_trace);
+    routes(reader.clone(), limits).merge(crate::search::routes(reader, limits))
 }
 
 /// Where the handlers read traces from: [`TraceReader`] in production, a fake in tests.
@@ -56,16 +63,16 @@ impl TraceSource for TraceReader {
     }
 }
 
-pub(crate) fn routes<S: TraceSource>(source: S) -> Router {
+pub(crate) fn routes<S: TraceSource>(source: S, limits: QueryLimits) -> Router {
     Router::new()
         .route("/api/traces/{trace_id}", get(get_trace_v1::<S>))
         .route("/api/v3/traces/{trace_id}", get(get_trace_v3::<S>))
-        .with_state(source)
+        .with_state(Shared { reader: source, limits })
 }
 
 /// `GET /api/traces/{trace_id}[?start=&end=]`.
 async fn get_trace_v1<S: TraceSource>(
-    State(source): State<S>,
+    State(Shared { reader: source, .. }): State<Shared<S>>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<V1Envelope<Vec<jaeger::Trace>>>, V1Error> {
@@ -79,7 +86,7 @@ async fn get_trace_v1<S: TraceSource>(
 
 /// `GET /api/v3/traces/{trace_id}`. The optional `startTime`/`endTime` are not used yet.
 async fn get_trace_v3<S: TraceSource>(
-    State(source): State<S>,
+    State(Shared { reader: source, .. }): State<Shared<S>>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, V3Error> {
     let trace_id = parse_trace_id(path, "trace_id")?;
@@ -88,7 +95,19 @@ async fn get_trace_v3<S: TraceSource>(
     let body = V3TraceResponse {
         result: OtlpJson(&data),
     };
-    Ok(Json(body).into_response())
+    let mut response = Json(body).into_response();
+    mark_truncated(&mut response, &trace);
+    Ok(response)
+}
+
+/// Says in a response header that a trace was cut to its first spans, where the format has no place for it:
+/// `tracepost-trace-truncated: <spans shown>`.
+pub(crate) fn mark_truncated(response: &mut Response, trace: &StoredTrace) {
+    if trace.truncated {
+        response
+            .headers_mut()
+            .insert(TRUNCATED_HEADER, axum::http::HeaderValue::from(trace.spans.len()));
+    }
 }
 
 /// Parses a trace ID path segment: 1 to 32 hex characters, surrounding whitespace ignored.
@@ -377,7 +396,7 @@ mod tests {
     async fn get(source: FakeSource, target: &str) -> Reply {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("local address");
-        let server = tokio::spawn(async move { axum::serve(listener, routes(source)).await });
+        let server = tokio::spawn(async move { axum::serve(listener, routes(source, QueryLimits::default())).await });
         let mut stream = TcpStream::connect(address).await.expect("connect");
         let request = format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.expect("write request");

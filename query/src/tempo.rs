@@ -32,6 +32,8 @@ use serde::Serialize;
 use tracepost_storage::model::TraceId;
 use tracepost_storage::{SearchBudget, SpanFilter, StorageError, StoredTrace, TimeRange, TraceReader};
 
+use crate::api::mark_truncated;
+use crate::limits::{QueryLimits, Shared};
 use crate::otlp_json::to_traces_data;
 use crate::params::Params;
 use crate::traceql::Query;
@@ -54,8 +56,14 @@ const DEFAULT_TAG_LIMIT: usize = 5000;
 const MAX_SERVICES_FOR_NAMES: usize = 100;
 const PROTOBUF: &str = "application/protobuf";
 
-/// The Tempo API router, reading from `reader`.
+/// The Tempo API router, reading from `reader`, within the default [`QueryLimits`].
 pub fn tempo_router(reader: TraceReader) -> Router {
+    tempo_router_with_limits(reader, QueryLimits::default())
+}
+
+/// The Tempo API router, reading from `reader`, within `limits`.
+pub fn tempo_router_with_limits(reader: TraceReader, limits: QueryLimits) -> Router {
+    let reader = reader.with_max_spans_per_trace(limits.max_spans_per_trace);
     Router::new()
         .route("/api/echo", get(echo))
         .route("/ready", get(ready))
@@ -65,7 +73,7 @@ pub fn tempo_router(reader: TraceReader) -> Router {
         .route("/api/search", get(search_traces))
         .route("/api/v2/search/tags", get(search_tags))
         .route("/api/v2/search/tag/{tag}/values", get(search_tag_values))
-        .with_state(reader)
+        .with_state(Shared { reader, limits })
 }
 
 /// Why a request failed; answered as plain text, as Tempo (Go's `http.Error`) does.
@@ -147,7 +155,7 @@ enum TraceApi {
 }
 
 async fn trace_v2(
-    State(reader): State<TraceReader>,
+    State(Shared { reader, .. }): State<Shared>,
     path: Result<Path<String>, PathRejection>,
     query: Result<QueryString<Vec<(String, String)>>, QueryRejection>,
     headers: HeaderMap,
@@ -156,7 +164,7 @@ async fn trace_v2(
 }
 
 async fn trace_v1(
-    State(reader): State<TraceReader>,
+    State(Shared { reader, .. }): State<Shared>,
     path: Result<Path<String>, PathRejection>,
     query: Result<QueryString<Vec<(String, String)>>, QueryRejection>,
     headers: HeaderMap,
@@ -180,7 +188,9 @@ async fn trace_by_id(
         Ok(_) => return Err(TempoError::NotFound),
         Err(error) => return Err(storage_failed("reading a trace", &error)),
     };
-    Ok(render_trace(&trace, api, wants_protobuf(headers)))
+    let mut response = render_trace(&trace, api, wants_protobuf(headers));
+    mark_truncated(&mut response, &trace);
+    Ok(response)
 }
 
 fn render_trace(trace: &StoredTrace, api: TraceApi, protobuf: bool) -> Response {
@@ -280,12 +290,12 @@ async fn find(
 }
 
 async fn search_traces(
-    State(reader): State<TraceReader>,
+    State(Shared { reader, limits }): State<Shared>,
     query: Result<QueryString<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<SearchResponse>, TempoError> {
     let params = params(query)?;
     let now = tracepost_storage::time::now_unix_nanos();
-    let request = search::parse_request(&params, now).map_err(TempoError::BadRequest)?;
+    let request = search::parse_request(&params, now, &limits).map_err(TempoError::BadRequest)?;
     let window = (request.start_ns, request.end_ns);
     let (traces, inspected) = find(&reader, &request.query, window, request.limit, SearchBudget::default()).await?;
     Ok(Json(search::response(
@@ -300,8 +310,8 @@ async fn search_traces(
 
 /// The `q` narrowing a tag request; an invalid or incomplete one is ignored, as Tempo does (Grafana sends what
 /// the user is typing), but one over a limit is refused.
-fn narrowing_query(params: &Params) -> Result<Query, TempoError> {
-    match params.get("q").map(Query::parse) {
+fn narrowing_query(params: &Params, limits: &QueryLimits) -> Result<Query, TempoError> {
+    match params.get("q").map(|text| Query::parse_with(text, limits.traceql())) {
         None => Ok(Query::match_all()),
         Some(Ok(query)) => Ok(query),
         Some(Err(error)) if error.is_limit_exceeded() => {
@@ -349,12 +359,12 @@ async fn sample(reader: &TraceReader, query: &Query, params: &Params) -> Result<
 }
 
 async fn search_tags(
-    State(reader): State<TraceReader>,
+    State(Shared { reader, limits }): State<Shared>,
     query: Result<QueryString<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<TagsResponse>, TempoError> {
     let params = params(query)?;
     let scopes = tags::scopes(params.get("scope"));
-    let query = narrowing_query(&params)?;
+    let query = narrowing_query(&params, &limits)?;
     let sample = if tags::need_sample(&scopes) {
         sample(&reader, &query, &params).await?
     } else {
@@ -364,14 +374,14 @@ async fn search_tags(
 }
 
 async fn search_tag_values(
-    State(reader): State<TraceReader>,
+    State(Shared { reader, limits }): State<Shared>,
     path: Result<Path<String>, PathRejection>,
     query: Result<QueryString<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<TagValuesResponse>, TempoError> {
     let Path(tag) = path.map_err(|rejection| TempoError::BadRequest(rejection.body_text()))?;
     let params = params(query)?;
     let limit = tag_limit(&params);
-    let query = narrowing_query(&params)?;
+    let query = narrowing_query(&params, &limits)?;
     let response = match tags::source(&tag) {
         Source::Services => tags::string_values(services(&reader, &query).await?, limit),
         Source::SpanNames => tags::string_values(span_names(&reader, &query, limit).await?, limit),
@@ -473,7 +483,7 @@ mod tests {
 
     #[test]
     fn tag_requests_ignore_bad_queries_and_limits() {
-        let narrowing = |q: &str| narrowing_query(&params(&[("q", q)]));
+        let narrowing = |q: &str| narrowing_query(&params(&[("q", q)]), &QueryLimits::default());
         assert!(narrowing("{ resource.service.name = ").expect("ignored").is_match_all());
         assert!(!narrowing(r#"{resource.service.name="a"}"#)
             .expect("valid")

@@ -13,7 +13,9 @@ pub mod writer;
 
 pub use db::{connect_pool, ConnectError, DatabaseConfig};
 pub use deadpool_postgres::Pool;
-pub use reader::{DependencyLink, SearchBudget, SpanFilter, StoredTrace, TimeRange, TraceReader};
+pub use reader::{
+    DependencyLink, SearchBudget, SpanFilter, StoredTrace, TimeRange, TraceReader, DEFAULT_MAX_SPANS_PER_TRACE,
+};
 pub use writer::{EncodedSpans, OperationRow, ResourceRow, SpanWriter};
 
 /// Why a storage call failed.

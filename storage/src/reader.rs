@@ -17,6 +17,8 @@ pub struct StoredTrace {
     pub trace_id: TraceId,
     pub spans: Vec<StoredSpan>,
     pub resources: HashMap<i64, StoredResource>,
+    /// More spans are stored than the reader's per-trace limit; `spans` holds the first ones by start time.
+    pub truncated: bool,
 }
 
 impl StoredTrace {
@@ -111,15 +113,42 @@ const TRACE_SLACK_NS: i64 = 10 * 60 * 1_000_000_000;
 const SPAN_COLUMNS: &str =
     "trace_id, span_id, parent_span_id, start_ns, service, name, kind, status, cluster, resource_id, detail";
 
+/// The default [`TraceReader::max_spans_per_trace`].
+pub const DEFAULT_MAX_SPANS_PER_TRACE: usize = 10_000;
+
 /// Reads traces. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct TraceReader {
     pool: Pool,
+    max_spans_per_trace: usize,
 }
 
 impl TraceReader {
+    /// A reader returning at most [`DEFAULT_MAX_SPANS_PER_TRACE`] spans per trace.
     pub fn new(pool: Pool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            max_spans_per_trace: DEFAULT_MAX_SPANS_PER_TRACE,
+        }
+    }
+
+    /// The same reader, returning at most `max` spans per trace (at least 1): the first by start time, the trace
+    /// marked [`StoredTrace::truncated`]. The limit is applied in SQL, so a huge trace is never read whole.
+    pub fn with_max_spans_per_trace(mut self, max: usize) -> Self {
+        self.max_spans_per_trace = max.max(1);
+        self
+    }
+
+    /// Spans returned per trace at most.
+    pub fn max_spans_per_trace(&self) -> usize {
+        self.max_spans_per_trace
+    }
+
+    /// Rows asked of PostgreSQL per trace: one more than kept, to tell a truncated trace from a full one.
+    fn spans_per_trace_query_limit(&self) -> i64 {
+        i64::try_from(self.max_spans_per_trace)
+            .unwrap_or(i64::MAX)
+            .saturating_add(1)
     }
 
     /// Fetches one trace. `None` when no span of it is stored.
@@ -127,7 +156,9 @@ impl TraceReader {
         Ok(self.get_traces(&[trace_id], range).await?.pop())
     }
 
-    /// Fetches traces by ID, in the order asked; IDs with no stored span are left out.
+    /// Fetches traces by ID, in the order asked; IDs with no stored span are left out. Each trace holds at most
+    /// [`TraceReader::max_spans_per_trace`] spans, the first by start time, and says when it holds fewer than
+    /// are stored.
     ///
     /// Spans are deduplicated here, on read: a client that retried an export whose acknowledgement it lost
     /// may have stored the same (trace ID, span ID) twice, and the first copy wins.
@@ -136,26 +167,43 @@ impl TraceReader {
             return Ok(Vec::new());
         }
         let client = self.pool.get().await?;
+        // One index lookup per trace, each cut to the limit (plus one) by PostgreSQL's top-N sort.
         let statement = client
             .prepare_cached(&format!(
-                "SELECT {SPAN_COLUMNS} FROM spans
-                 WHERE trace_id = ANY($1) AND start_ns >= $2 AND start_ns <= $3
-                 ORDER BY start_ns, span_id"
+                "SELECT c.* FROM unnest($1::bytea[]) AS t(id) CROSS JOIN LATERAL (
+                     SELECT {SPAN_COLUMNS} FROM spans
+                     WHERE trace_id = t.id AND start_ns >= $2 AND start_ns <= $3
+                     ORDER BY start_ns, span_id LIMIT $4) c
+                 ORDER BY c.start_ns, c.span_id"
             ))
             .await?;
         let ids: Vec<&[u8]> = trace_ids.iter().map(|id| id.0.as_slice()).collect();
         let rows = client
             .query(
                 &statement,
-                &[&ids, &range.start.unwrap_or(i64::MIN), &range.end.unwrap_or(i64::MAX)],
+                &[
+                    &ids,
+                    &range.start.unwrap_or(i64::MIN),
+                    &range.end.unwrap_or(i64::MAX),
+                    &self.spans_per_trace_query_limit(),
+                ],
             )
             .await?;
         let mut by_trace: HashMap<TraceId, Vec<StoredSpan>> = HashMap::new();
+        let mut rows_per_trace: HashMap<TraceId, usize> = HashMap::new();
         let mut seen = HashSet::with_capacity(rows.len());
         for row in &rows {
             let span = span_from_row(row)?;
+            *rows_per_trace.entry(span.span.trace_id).or_default() += 1;
             if seen.insert((span.span.trace_id, span.span.span_id)) {
                 by_trace.entry(span.span.trace_id).or_default().push(span);
+            }
+        }
+        let mut truncated = HashSet::new();
+        for (trace_id, spans) in &mut by_trace {
+            if rows_per_trace.get(trace_id).copied().unwrap_or(0) > self.max_spans_per_trace {
+                spans.truncate(self.max_spans_per_trace);
+                truncated.insert(*trace_id);
             }
         }
         let resource_ids: Vec<i64> = by_trace
@@ -183,6 +231,7 @@ impl TraceReader {
                 trace_id: *trace_id,
                 spans,
                 resources,
+                truncated: truncated.contains(trace_id),
             });
         }
         Ok(traces)
@@ -402,14 +451,18 @@ impl TraceReader {
                 let range_start = lowest.saturating_sub(TRACE_SLACK_NS);
                 let range_end = highest.saturating_add(TRACE_SLACK_NS);
                 let client = self.pool.get().await?;
+                // At most the per-trace limit of that operation's spans per trace, the first by start time, so a
+                // huge trace is never read whole.
                 let statement: &str = &format!(
-                    "SELECT {SPAN_COLUMNS} FROM spans
-                         WHERE trace_id = ANY($1) AND start_ns >= $2 AND start_ns <= $3 AND name = $4
-                         ORDER BY start_ns DESC"
+                    "SELECT c.* FROM unnest($1::bytea[]) AS t(id) CROSS JOIN LATERAL (
+                         SELECT {SPAN_COLUMNS} FROM spans
+                         WHERE trace_id = t.id AND start_ns >= $2 AND start_ns <= $3 AND name = $4
+                         ORDER BY start_ns LIMIT $5) c"
                 );
                 let ids: Vec<&[u8]> = candidates.iter().map(|id| id.0.as_slice()).collect();
+                let per_trace = self.spans_per_trace_query_limit();
                 let rows = client
-                    .query(statement, &[&ids, &range_start, &range_end, &operation])
+                    .query(statement, &[&ids, &range_start, &range_end, &operation, &per_trace])
                     .await?;
                 let spans = rows.iter().map(span_from_row).collect::<Result<Vec<_>, _>>()?;
                 let resource_ids: Vec<i64> = spans

@@ -3,7 +3,89 @@
 
 mod support;
 
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use prost::Message as _;
+use serde_json::Value;
 use support::*;
+
+/// The default span limit per trace (`QueryLimits::max_spans_per_trace`).
+const MAX_SPANS_PER_TRACE: usize = 10_000;
+
+/// One resource of `service` holding `spans`.
+fn request(service: &str, spans: Vec<Span>) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![KeyValue {
+                    key: "service.name".into(),
+                    value: Some(AnyValue {
+                        value: Some(any_value::Value::StringValue(service.into())),
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            schema_url: String::new(),
+        }],
+    }
+}
+
+/// `count` spans of trace `trace_id`, a microsecond apart from `start_ns`, each lasting 1 ms; span `i` has span
+/// ID `i + 1` and is named `op <i>`.
+fn spans(trace_id: [u8; 16], start_ns: u64, count: u64) -> Vec<Span> {
+    (0..count)
+        .map(|index| Span {
+            trace_id: trace_id.to_vec(),
+            span_id: (index + 1).to_be_bytes().to_vec(),
+            name: format!("op {index}"),
+            kind: 2,
+            start_time_unix_nano: start_ns + index * 1000,
+            end_time_unix_nano: start_ns + index * 1000 + 1_000_000,
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// Exports `request` over OTLP/HTTP protobuf and asserts it was acknowledged.
+async fn export(app: &tracepost::App, request: &ExportTraceServiceRequest) {
+    let (status, _, body) = post_otlp(
+        &http_endpoint(app),
+        "application/x-protobuf",
+        None,
+        request.encode_to_vec(),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+}
+
+/// GETs a URL and returns (status, the `tracepost-trace-truncated` header, JSON body).
+async fn get_with_truncation(url: &str) -> (u16, Option<String>, Value) {
+    let response = reqwest::get(url).await.expect("request");
+    let status = response.status().as_u16();
+    let truncated = response
+        .headers()
+        .get("tracepost-trace-truncated")
+        .map(|value| value.to_str().expect("ascii header").to_owned());
+    (status, truncated, response.json().await.expect("JSON body"))
+}
+
+/// The spans of an OTLP/JSON `TracesData`.
+fn otlp_spans(data: &Value) -> Vec<&Value> {
+    data["resourceSpans"]
+        .as_array()
+        .expect("resourceSpans")
+        .iter()
+        .flat_map(|resource| resource["scopeSpans"].as_array().expect("scopeSpans"))
+        .flat_map(|scope| scope["spans"].as_array().expect("spans"))
+        .collect()
+}
 
 /// Percent-encodes every byte outside the unreserved set, as a browser or Grafana sends a query parameter.
 fn encode(text: &str) -> String {
@@ -38,6 +120,133 @@ async fn tempo_query_with_thousands_of_parentheses_is_refused_and_tracepost_keep
         );
     }
     assert_eq!(get_text(&tempo_url(&app, "/api/echo")).await, (200, "echo".to_owned()));
+    app.begin_shutdown();
+    app.wait().await.expect("clean shutdown");
+}
+
+/// Asking for more traces than a search may return is a 400 in each API's error format that names the cap and
+/// says how to narrow the request; a Tempo search asking for too many spans per span set likewise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn searches_asking_for_more_than_the_caps_are_refused_with_the_cap_named() {
+    let database = TestDatabase::create("search_caps").await;
+    let app = serve(&database).await;
+    let narrow = "ask for fewer, or narrow the search (service, operation, tags, a shorter time range)";
+
+    let (status, body) = get_json(&query_url(&app, "/api/traces?service=cart&limit=100000")).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body["errors"][0]["msg"],
+        format!("limit=100000 is over the limit of 1500 traces per search: {narrow}")
+    );
+
+    let (status, body) = get_json(&query_url(
+        &app,
+        "/api/v3/traces?query.startTimeMin=2025-08-01T09:00:00Z&query.startTimeMax=2025-08-01T10:00:00Z\
+         &query.searchDepth=2000",
+    ))
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body["error"]["message"],
+        format!("query.searchDepth=2000 is over the limit of 1500 traces per search: {narrow}")
+    );
+
+    let ids = (1..=1501)
+        .map(|id| format!("traceID={id:x}"))
+        .collect::<Vec<_>>()
+        .join("&");
+    let (status, body) = get_json(&query_url(&app, &format!("/api/traces?{ids}"))).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body["errors"][0]["msg"],
+        "1501 traceID parameters are over the limit of 1500 traces per request: ask for fewer traces at a time"
+    );
+
+    let (status, body) = get_text(&tempo_url(&app, "/api/search?q=%7B%7D&limit=1000000")).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body,
+        format!("limit=1000000 is over the limit of 1500 traces per search: {narrow}\n")
+    );
+    let (status, body) = get_text(&tempo_url(&app, "/api/search?q=%7B%7D&spss=101")).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            400,
+            "spss=101 is over the limit of 100 spans per span set: ask for fewer\n"
+        )
+    );
+    let (status, _) = get_text(&tempo_url(&app, "/api/search?q=%7B%7D&limit=1500&spss=100")).await;
+    assert_eq!(status, 200, "at the caps");
+    app.begin_shutdown();
+    app.wait().await.expect("clean shutdown");
+}
+
+/// A trace with more spans than the per-trace limit comes back cut to its first spans by start time: Jaeger's
+/// JSON says so in the first span's `warnings`, api_v3 and Tempo (OTLP, which has no place for it) in a
+/// response header, and searches return the same cut trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn looking_up_a_trace_longer_than_the_span_limit_returns_its_first_spans_and_says_so() {
+    let database = TestDatabase::create("truncated_trace").await;
+    let app = serve(&database).await;
+    let trace_id = [0x5a; 16];
+    let hex = "5a".repeat(16);
+    let start_ns = u64::try_from(now_micros() - 60_000_000).expect("positive") * 1000;
+    let total = MAX_SPANS_PER_TRACE as u64 + 50;
+    export(&app, &request("huge", spans(trace_id, start_ns, total))).await;
+    let last_shown_micros = (start_ns + (MAX_SPANS_PER_TRACE as u64 - 1) * 1000) / 1000;
+    let warning = format!(
+        "trace truncated: only its first {MAX_SPANS_PER_TRACE} spans by start time are shown (the span limit per trace)"
+    );
+
+    let (status, body) = get_json(&query_url(&app, &format!("/api/traces/{hex}"))).await;
+    assert_eq!(status, 200);
+    let jaeger_spans = body["data"][0]["spans"].as_array().expect("spans");
+    assert_eq!(jaeger_spans.len(), MAX_SPANS_PER_TRACE);
+    assert_eq!(jaeger_spans[0]["warnings"], serde_json::json!([warning]));
+    assert_eq!(jaeger_spans[1]["warnings"], Value::Null);
+    let latest = jaeger_spans
+        .iter()
+        .map(|span| span["startTime"].as_u64().expect("µs"))
+        .max();
+    assert_eq!(
+        latest,
+        Some(last_shown_micros),
+        "the first spans by start time, not any"
+    );
+
+    let (status, truncated, body) = get_with_truncation(&query_url(&app, &format!("/api/v3/traces/{hex}"))).await;
+    assert_eq!(status, 200);
+    assert_eq!(truncated.as_deref(), Some("10000"));
+    assert_eq!(otlp_spans(&body["result"]).len(), MAX_SPANS_PER_TRACE);
+
+    let (status, truncated, body) = get_with_truncation(&tempo_url(&app, &format!("/api/v2/traces/{hex}"))).await;
+    assert_eq!(status, 200);
+    assert_eq!(truncated.as_deref(), Some("10000"));
+    assert_eq!(otlp_spans(&body["trace"]).len(), MAX_SPANS_PER_TRACE);
+
+    let now = now_micros();
+    let (status, body) = get_json(&query_url(
+        &app,
+        &format!(
+            "/api/traces?service=huge&start={}&end={now}&limit=1",
+            now - 3_600_000_000
+        ),
+    ))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["data"][0]["spans"].as_array().map(Vec::len),
+        Some(MAX_SPANS_PER_TRACE)
+    );
+    assert_eq!(body["data"][0]["spans"][0]["warnings"], serde_json::json!([warning]));
+
+    // A trace within the limit is whole and unmarked.
+    export(&app, &request("small", spans([0x5b; 16], start_ns, 3))).await;
+    let (status, truncated, body) =
+        get_with_truncation(&query_url(&app, &format!("/api/v3/traces/{}", "5b".repeat(16)))).await;
+    assert_eq!((status, truncated), (200, None));
+    assert_eq!(otlp_spans(&body["result"]).len(), 3);
     app.begin_shutdown();
     app.wait().await.expect("clean shutdown");
 }

@@ -426,6 +426,7 @@ fn one_span_must_satisfy_every_span_condition() {
         trace_id: TraceId([1; 16]),
         spans: vec![inbound, outbound],
         resources: HashMap::from([(7, resource())]),
+        truncated: false,
     };
     let query = parse(r#"{ span.direction = "inbound" && status = error }"#);
     assert!(query.matching_spans(&trace).is_empty(), "no single span has both");
@@ -444,6 +445,7 @@ fn trace_duration_is_checked_on_the_whole_trace() {
         trace_id: TraceId([1; 16]),
         spans: vec![first.clone(), last],
         resources: HashMap::new(),
+        truncated: false,
     };
     // 3 ms - 1 µs.
     assert_eq!(trace_duration_nanos(&trace), 2_999_000);
