@@ -11,7 +11,7 @@ pub mod schema;
 pub mod time;
 pub mod writer;
 
-pub use db::{connect_pool, ConnectError, DatabaseConfig};
+pub use db::{connect_pool, ConnectError, DatabaseConfig, DEFAULT_STATEMENT_TIMEOUT};
 pub use deadpool_postgres::Pool;
 pub use reader::{
     DependencyLink, SearchBudget, SpanFilter, StoredTrace, TimeRange, TraceReader, DEFAULT_MAX_SPANS_PER_TRACE,

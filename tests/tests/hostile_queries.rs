@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -10,6 +12,8 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message as _;
 use serde_json::Value;
 use support::*;
+use tokio_postgres::error::SqlState;
+use tracepost_storage::{connect_pool, schema, DatabaseConfig};
 
 /// The default span limit per trace (`QueryLimits::max_spans_per_trace`).
 const MAX_SPANS_PER_TRACE: usize = 10_000;
@@ -249,4 +253,34 @@ async fn looking_up_a_trace_longer_than_the_span_limit_returns_its_first_spans_a
     assert_eq!(otlp_spans(&body["result"]).len(), 3);
     app.begin_shutdown();
     app.wait().await.expect("clean shutdown");
+}
+
+/// Every pooled connection carries the statement timeout, so PostgreSQL cancels a statement that runs past it;
+/// migrations are exempt, even under a timeout shorter than any of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_past_the_timeout_is_cancelled_but_migrations_are_not() {
+    let database = TestDatabase::create("statement_timeout").await;
+    let pool_with = |timeout: Duration| {
+        let mut config = DatabaseConfig::new(database.url.clone());
+        config.statement_timeout = Some(timeout);
+        config.pool_size = 1;
+        connect_pool(&config).expect("pool")
+    };
+    let applied = schema::migrate(&pool_with(Duration::from_millis(1)))
+        .await
+        .expect("migrations are not cut by a 1 ms statement timeout");
+    assert_eq!(applied.len(), schema::MIGRATIONS.len());
+
+    let client = pool_with(Duration::from_millis(300)).get().await.expect("connection");
+    let setting: String = client
+        .query_one("SHOW statement_timeout", &[])
+        .await
+        .expect("show")
+        .get(0);
+    assert_eq!(setting, "300ms");
+    let error = client
+        .batch_execute("SELECT pg_sleep(5)")
+        .await
+        .expect_err("cancelled by the timeout");
+    assert_eq!(error.code(), Some(&SqlState::QUERY_CANCELED));
 }
