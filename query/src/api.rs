@@ -7,7 +7,8 @@
 //!
 //! Handlers only parse, fetch and render; [`QueryError`] says what went wrong and the two wrappers
 //! [`V1Error`] and [`V3Error`] write it in each API's envelope. Storage errors are logged where they happen and
-//! answered with a bare "internal error".
+//! answered without their detail: 503 with `Retry-After` when the database could not answer (unreachable,
+//! no connection free in time, a statement timed out), else a bare 500 "internal error".
 
 use std::future::Future;
 
@@ -158,10 +159,21 @@ async fn fetch<S: TraceSource>(source: &S, trace_id: TraceId, range: TimeRange) 
     match source.get_trace(trace_id, range).await {
         Ok(Some(trace)) if !trace.spans.is_empty() => Ok(trace),
         Ok(_) => Err(QueryError::NotFound),
-        Err(error) => {
-            tracing::error!(trace_id = %trace_id.to_hex(), %error, "reading a trace failed");
-            Err(QueryError::Internal)
-        }
+        Err(error) => Err(storage_failed(&format!("reading trace {}", trace_id.to_hex()), &error)),
+    }
+}
+
+/// Seconds a client is told to wait before retrying when the database could not answer.
+pub(crate) const RETRY_AFTER_SECONDS: u32 = 5;
+
+/// Logs a storage failure with its detail and says what the client may know: unavailable (retry) or internal.
+pub(crate) fn storage_failed(what: &str, error: &StorageError) -> QueryError {
+    if error.is_unavailable() {
+        tracing::warn!(%error, "{what}: database unavailable");
+        QueryError::Unavailable
+    } else {
+        tracing::error!(%error, "{what} failed");
+        QueryError::Internal
     }
 }
 
@@ -179,6 +191,9 @@ pub(crate) enum QueryError {
     /// Storage failed; the cause has been logged and is never sent to the client.
     #[error("internal error")]
     Internal,
+    /// The database could not answer (unreachable, busy, a statement timed out); the client may retry.
+    #[error("database unavailable, retry later")]
+    Unavailable,
     /// A feature that needs configuration it does not have.
     #[error("{0}")]
     NotImplemented(String),
@@ -193,6 +208,7 @@ impl QueryError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NotFound | Self::NoTracesFound => StatusCode::NOT_FOUND,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             Self::Backend(_) => StatusCode::BAD_GATEWAY,
         }
@@ -310,11 +326,12 @@ fn is_zero(code: &u16) -> bool {
     *code == 0
 }
 
-/// Jaeger writes errors with Go's `http.Error`: the JSON envelope as `text/plain` with a trailing newline.
+/// Jaeger writes errors with Go's `http.Error`: the JSON envelope as `text/plain` with a trailing newline. A
+/// 503 says when to retry.
 fn error_response(status: StatusCode, body: &impl Serialize) -> Response {
     let mut text = serde_json::to_string(body).unwrap_or_default();
     text.push('\n');
-    (
+    let mut response = (
         status,
         [
             (axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8"),
@@ -322,7 +339,13 @@ fn error_response(status: StatusCode, body: &impl Serialize) -> Response {
         ],
         text,
     )
-        .into_response()
+        .into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, RETRY_AFTER_SECONDS.into());
+    }
+    response
 }
 
 #[derive(Serialize)]
@@ -359,6 +382,7 @@ mod tests {
     struct FakeSource {
         traces: Arc<HashMap<TraceId, StoredTrace>>,
         broken: bool,
+        unavailable: bool,
         last_range: Arc<Mutex<Option<TimeRange>>>,
     }
 
@@ -382,6 +406,11 @@ mod tests {
             if self.broken {
                 return Err(StorageError::Corrupt("secret detail".to_owned()));
             }
+            if self.unavailable {
+                return Err(StorageError::Pool(
+                    "timed out connecting to postgres://tracepost:secret@db:5432".to_owned(),
+                ));
+            }
             Ok(self.traces.get(&trace_id).cloned())
         }
     }
@@ -389,6 +418,7 @@ mod tests {
     struct Reply {
         status: u16,
         content_type: String,
+        retry_after: Option<String>,
         body: serde_json::Value,
     }
 
@@ -412,15 +442,20 @@ mod tests {
             .and_then(|line| line.split(' ').nth(1))
             .and_then(|code| code.parse().ok())
             .expect("status line");
-        let content_type = lines
-            .filter_map(|line| line.split_once(':'))
-            .find(|(name, _)| name.eq_ignore_ascii_case("content-type"))
-            .map(|(_, value)| value.trim().to_owned())
-            .unwrap_or_default();
+        let headers: Vec<(&str, &str)> = lines.filter_map(|line| line.split_once(':')).collect();
+        let header = |wanted: &str| {
+            headers
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case(wanted))
+                .map(|(_, value)| value.trim().to_owned())
+        };
+        let content_type = header("content-type").unwrap_or_default();
+        let retry_after = header("retry-after");
         let body = serde_json::from_str(body).expect("JSON body");
         Reply {
             status,
             content_type,
+            retry_after,
             body,
         }
     }
@@ -543,6 +578,25 @@ mod tests {
         let reply = get(source, "/api/traces/a1b2c3d4e5f60718").await;
         assert_eq!(reply.status, 500);
         assert_eq!(reply.body, v1_error(500, "internal error"));
+    }
+
+    #[tokio::test]
+    async fn an_unavailable_database_is_503_with_retry_after_and_no_detail() {
+        let source = FakeSource {
+            unavailable: true,
+            ..FakeSource::with_fixture()
+        };
+        let reply = get(source.clone(), "/api/traces/a1b2c3d4e5f60718").await;
+        assert_eq!(reply.status, 503);
+        assert_eq!(reply.retry_after.as_deref(), Some("5"));
+        assert_eq!(reply.body, v1_error(503, "database unavailable, retry later"));
+        let reply = get(source, "/api/v3/traces/a1b2c3d4e5f60718").await;
+        assert_eq!(reply.status, 503);
+        assert_eq!(reply.retry_after.as_deref(), Some("5"));
+        assert_eq!(
+            reply.body,
+            json!({"error": {"httpCode": 503, "message": "database unavailable, retry later"}})
+        );
     }
 
     #[tokio::test]

@@ -12,7 +12,7 @@ use serde::Serialize;
 use tracepost_storage::model::{self, SpanKind, StatusCode as SpanStatus, StoredResource, StoredSpan, TraceId};
 use tracepost_storage::{SearchBudget, SpanFilter, StoredTrace, TimeRange, TraceReader};
 
-use crate::api::{QueryError, V1Envelope, V1Error, V1ErrorEntry, V3Error};
+use crate::api::{storage_failed, QueryError, V1Envelope, V1Error, V1ErrorEntry, V3Error};
 use crate::jaeger::{self, value_matches};
 use crate::limits::{QueryLimits, Shared};
 use crate::otlp_json::{self, OtlpJson};
@@ -57,18 +57,13 @@ fn int_param(params: &Params, name: &str) -> Result<Option<i64>, QueryError> {
         .transpose()
 }
 
-fn storage_failed(what: &str, error: impl std::fmt::Display) -> QueryError {
-    tracing::error!(%error, "{what} failed");
-    QueryError::Internal
-}
-
 // === v1 lists ===
 
 async fn services_v1(State(Shared { reader, .. }): State<Shared>) -> Result<Json<V1Envelope<Vec<String>>>, V1Error> {
     let services = reader
         .services()
         .await
-        .map_err(|error| storage_failed("listing services", error))?;
+        .map_err(|error| storage_failed("listing services", &error))?;
     Ok(Json(V1Envelope::list(services)))
 }
 
@@ -79,7 +74,7 @@ async fn service_operations_v1(
     let operations = reader
         .operations(&service, None)
         .await
-        .map_err(|error| storage_failed("listing operations", error))?;
+        .map_err(|error| storage_failed("listing operations", &error))?;
     let mut names: Vec<String> = operations.into_iter().map(|(name, _)| name).collect();
     names.dedup();
     Ok(Json(V1Envelope::list(names)))
@@ -118,7 +113,7 @@ async fn list_operations(
     let operations = reader
         .operations(service, kind)
         .await
-        .map_err(|error| storage_failed("listing operations", error))?;
+        .map_err(|error| storage_failed("listing operations", &error))?;
     Ok(operations
         .into_iter()
         .map(|(name, kind)| Operation {
@@ -229,8 +224,8 @@ fn parse_v1_search(params: &Params, now_ns: i64, limits: &QueryLimits) -> Result
     }
     Ok(Search {
         filter: SpanFilter {
-            services: Some(vec![service.to_owned()]),
-            operation: params.get("operation").map(str::to_owned),
+            services: Some(vec![stored_text(service)]),
+            operation: params.get("operation").map(stored_text),
             min_duration_ns: min_duration.filter(|nanos| *nanos > 0),
             max_duration_ns: max_duration.filter(|nanos| *nanos > 0),
             start_min_ns: start_ns,
@@ -239,6 +234,12 @@ fn parse_v1_search(params: &Params, now_ns: i64, limits: &QueryLimits) -> Result
         tags,
         limit,
     })
+}
+
+/// A service or span name as the text columns store it (NUL as U+FFFD), so that it selects what was sent with
+/// NUL in it instead of failing the query.
+fn stored_text(text: &str) -> String {
+    tracepost_storage::copy::sanitize_text(text).into_owned()
 }
 
 /// `tags`: a JSON object of strings, or logfmt (`k=v k2="a b"`).
@@ -308,7 +309,7 @@ async fn find(reader: &TraceReader, search: &Search) -> Result<Vec<StoredTrace>,
             |_| true,
         )
         .await
-        .map_err(|error| storage_failed("searching traces", error))
+        .map_err(|error| storage_failed("searching traces", &error))
 }
 
 /// The one-span rule: a trace matches when one of its spans satisfies every filter.
@@ -389,7 +390,7 @@ async fn multi_get(reader: &TraceReader, params: &Params, texts: &[&str]) -> Res
     let traces = reader
         .get_traces(&ids, range)
         .await
-        .map_err(|error| storage_failed("reading traces", error))?;
+        .map_err(|error| storage_failed("reading traces", &error))?;
     let found: HashSet<TraceId> = traces.iter().map(|trace| trace.trace_id).collect();
     let errors: Vec<V1ErrorEntry> = ids
         .iter()
@@ -424,7 +425,7 @@ async fn dependencies_v1(
     let links = reader
         .dependencies(end_ms.saturating_mul(1_000_000), lookback_ms.saturating_mul(1_000_000))
         .await
-        .map_err(|error| storage_failed("computing dependencies", error))?;
+        .map_err(|error| storage_failed("computing dependencies", &error))?;
     let service = params.get("service");
     let data = links
         .into_iter()
@@ -449,7 +450,7 @@ async fn services_v3(State(Shared { reader, .. }): State<Shared>) -> Result<Json
     let services = reader
         .services()
         .await
-        .map_err(|error| storage_failed("listing services", error))?;
+        .map_err(|error| storage_failed("listing services", &error))?;
     Ok(Json(ServicesV3 { services }))
 }
 
@@ -525,10 +526,10 @@ fn parse_v3_search(params: &Params, limits: &QueryLimits) -> Result<Search, Quer
         filter: SpanFilter {
             services: params
                 .get_any(&["query.serviceName", "query.service_name"])
-                .map(|(name, _)| vec![name.to_owned()]),
+                .map(|(name, _)| vec![stored_text(name)]),
             operation: params
                 .get_any(&["query.operationName", "query.operation_name"])
-                .map(|(name, _)| name.to_owned()),
+                .map(|(name, _)| stored_text(name)),
             min_duration_ns: min_duration.filter(|nanos| *nanos > 0),
             max_duration_ns: max_duration.filter(|nanos| *nanos > 0),
             start_min_ns: start_min,

@@ -32,7 +32,7 @@ use serde::Serialize;
 use tracepost_storage::model::TraceId;
 use tracepost_storage::{SearchBudget, SpanFilter, StorageError, StoredTrace, TimeRange, TraceReader};
 
-use crate::api::mark_truncated;
+use crate::api::{mark_truncated, QueryError, RETRY_AFTER_SECONDS};
 use crate::limits::{QueryLimits, Shared};
 use crate::otlp_json::to_traces_data;
 use crate::params::Params;
@@ -83,6 +83,8 @@ enum TempoError {
     NotFound,
     /// Storage failed; the cause has been logged and is never sent.
     Internal,
+    /// The database could not answer; the client may retry.
+    Unavailable,
 }
 
 impl IntoResponse for TempoError {
@@ -91,8 +93,12 @@ impl IntoResponse for TempoError {
             Self::BadRequest(message) => (StatusCode::BAD_REQUEST, message),
             Self::NotFound => (StatusCode::NOT_FOUND, "trace not found".to_owned()),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned()),
+            Self::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database unavailable, retry later".to_owned(),
+            ),
         };
-        (
+        let mut response = (
             status,
             [
                 (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
@@ -100,13 +106,21 @@ impl IntoResponse for TempoError {
             ],
             format!("{message}\n"),
         )
-            .into_response()
+            .into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, RETRY_AFTER_SECONDS.into());
+        }
+        response
     }
 }
 
 fn storage_failed(what: &str, error: &StorageError) -> TempoError {
-    tracing::error!(%error, "{what} failed");
-    TempoError::Internal
+    match crate::api::storage_failed(what, error) {
+        QueryError::Unavailable => TempoError::Unavailable,
+        _ => TempoError::Internal,
+    }
 }
 
 fn params(query: Result<QueryString<Vec<(String, String)>>, QueryRejection>) -> Result<Params, TempoError> {

@@ -254,11 +254,12 @@ impl TraceReader {
     ) -> Result<Vec<(String, SpanKind)>, StorageError> {
         let client = self.pool.get().await?;
         let kind = kind.map(|kind| kind as i16);
+        let service = sanitize_text(service);
         let rows = client
             .query(
                 "SELECT name, kind FROM operations WHERE service = $1 AND ($2::int2 IS NULL OR kind = $2)
                  ORDER BY name, kind",
-                &[&service, &kind],
+                &[&service.as_ref(), &kind],
             )
             .await?;
         Ok(rows
@@ -304,10 +305,18 @@ impl TraceReader {
         trace_matches: impl Fn(&StoredTrace) -> bool,
     ) -> Result<Vec<StoredTrace>, StorageError> {
         let started = Instant::now();
-        let services = match &filter.services {
-            Some(services) => services.clone(),
+        // Text columns hold NUL as U+FFFD (PostgreSQL refuses NUL in text), so parameters do too.
+        let services: Vec<String> = match &filter.services {
+            Some(services) => services
+                .iter()
+                .map(|service| sanitize_text(service).into_owned())
+                .collect(),
             None => self.services().await?,
         };
+        let operation = filter
+            .operation
+            .as_deref()
+            .map(|operation| sanitize_text(operation).into_owned());
         if services.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
@@ -341,7 +350,7 @@ impl TraceReader {
                         &services,
                         &filter.start_min_ns,
                         &upper,
-                        &filter.operation,
+                        &operation,
                         &filter.min_duration_ns.unwrap_or(0),
                         &filter.max_duration_ns.unwrap_or(i64::MAX),
                         &page_spans,

@@ -284,3 +284,150 @@ async fn a_statement_past_the_timeout_is_cancelled_but_migrations_are_not() {
         .expect_err("cancelled by the timeout");
     assert_eq!(error.code(), Some(&SqlState::QUERY_CANCELED));
 }
+
+/// The text after the status line of every answer: what a client may see. None may carry internal detail.
+fn assert_no_internal_detail(body: &str, url: &str) {
+    for secret in [
+        "postgres",
+        "127.0.0.1",
+        "spans",
+        "operations",
+        "SELECT",
+        "relation",
+        "/tmp",
+        "57014",
+    ] {
+        assert!(!body.contains(secret), "{url} leaks {secret:?}: {body}");
+    }
+}
+
+/// With PostgreSQL unreachable the query and Tempo APIs answer 503 with `Retry-After` and a message that says
+/// only that the database is unavailable (it used to be a 500).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_while_the_database_is_unreachable_are_503_with_retry_after() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("address").port();
+    drop(closed);
+    let nowhere = TestDatabase {
+        name: "unreachable".into(),
+        url: format!("postgres://postgres:secret@127.0.0.1:{port}/tracepost?sslmode=disable"),
+    };
+    let app = tracepost::start(tracepost::Role::Query, config(&nowhere))
+        .await
+        .expect("the query role starts without the database");
+    let now = now_micros();
+    let urls = [
+        query_url(&app, "/api/services"),
+        query_url(&app, "/api/traces/a1b2c3d4e5f60718"),
+        query_url(
+            &app,
+            &format!("/api/traces?service=cart&start={}&end={now}", now - 3_600_000_000),
+        ),
+        query_url(&app, "/api/v3/traces/a1b2c3d4e5f60718"),
+        tempo_url(&app, "/api/search?q=%7B%7D"),
+        tempo_url(&app, "/api/v2/traces/a1b2c3d4e5f60718"),
+        tempo_url(&app, "/api/v2/search/tag/resource.service.name/values"),
+    ];
+    for url in urls {
+        let response = reqwest::get(&url).await.expect("request");
+        assert_eq!(response.status().as_u16(), 503, "{url}");
+        let retry_after = response.headers().get("retry-after").cloned();
+        assert_eq!(
+            retry_after.as_ref().map(|value| value.as_bytes()),
+            Some(&b"5"[..]),
+            "{url}"
+        );
+        let body = response.text().await.expect("body");
+        assert!(body.contains("database unavailable, retry later"), "{url}: {body}");
+        assert_no_internal_detail(&body, &url);
+    }
+    app.begin_shutdown();
+    app.wait().await.expect("clean shutdown");
+}
+
+/// A query stuck behind a lock is cancelled by the statement timeout and answered 503 (retry), not left hanging;
+/// once the lock is gone the same request answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_stuck_past_the_statement_timeout_is_503_not_a_hang() {
+    let database = TestDatabase::create("stuck_query").await;
+    let mut settings = config(&database);
+    settings.database.statement_timeout = Some(Duration::from_millis(300));
+    let app = tracepost::start(tracepost::Role::Serve, settings)
+        .await
+        .expect("tracepost starts");
+    let mut blocker = database.client().await;
+    let lock = blocker.transaction().await.expect("begin");
+    lock.batch_execute("LOCK TABLE operations IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+
+    let url = query_url(&app, "/api/services");
+    let response = reqwest::get(&url).await.expect("request");
+    assert_eq!(response.status().as_u16(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let body = response.text().await.expect("body");
+    assert_no_internal_detail(&body, &url);
+    let (status, body) = get_text(&tempo_url(&app, "/api/v2/search/tag/resource.service.name/values")).await;
+    assert_eq!((status, body.as_str()), (503, "database unavailable, retry later\n"));
+
+    lock.rollback().await.expect("unlock");
+    let (status, body) = get_json(&url).await;
+    assert_eq!((status, body["data"].clone()), (200, serde_json::json!([])));
+    app.begin_shutdown();
+    app.wait().await.expect("clean shutdown");
+}
+
+/// A NUL byte in a service or operation parameter (`service=a%00b`) used to be a 500 (PostgreSQL text cannot
+/// hold NUL). Stored names carry U+FFFD for NUL, so the query maps it the same way and finds what was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn searching_for_a_service_name_with_a_nul_byte_finds_its_traces() {
+    let database = TestDatabase::create("nul_service").await;
+    let app = serve(&database).await;
+    let start_ns = u64::try_from(now_micros() - 60_000_000).expect("positive") * 1000;
+    let mut sent = spans([0x4e; 16], start_ns, 2);
+    sent[0].name = "GET\0/x".into();
+    export(&app, &request("nul\0svc", sent)).await;
+    let now = now_micros();
+    let window = format!("start={}&end={now}", now - 3_600_000_000);
+
+    let (status, body) = get_json(&query_url(&app, &format!("/api/traces?service=nul%00svc&{window}"))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"].as_array().map(Vec::len), Some(1));
+    assert_eq!(body["data"][0]["spans"].as_array().map(Vec::len), Some(2));
+    let (status, body) = get_json(&query_url(
+        &app,
+        &format!("/api/traces?service=nul%00svc&operation=GET%00%2Fx&{window}"),
+    ))
+    .await;
+    assert_eq!(
+        (status, body["data"].as_array().map(Vec::len)),
+        (200, Some(1)),
+        "{body}"
+    );
+    assert_eq!(
+        body["data"][0]["spans"][0]["operationName"], "GET\u{0}/x",
+        "the name as sent"
+    );
+
+    let (status, body) = get_json(&query_url(&app, "/api/services/nul%00svc/operations")).await;
+    assert_eq!((status, body["total"].clone()), (200, serde_json::json!(2)), "{body}");
+    let (status, body) = get_json(&query_url(
+        &app,
+        "/api/v3/traces?query.serviceName=nul%00svc&query.startTimeMin=2000-01-01T00:00:00Z\
+         &query.startTimeMax=2100-01-01T00:00:00Z",
+    ))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(otlp_spans(&body["result"]).len(), 2);
+    // Tempo: TraceQL's `\x00` escape, and the legacy `tags`.
+    for search in [
+        format!("q={}", encode(r#"{ resource.service.name = "nul\x00svc" }"#)),
+        "tags=service.name%3Dnul%00svc".to_owned(),
+    ] {
+        let (status, body) = get_json(&tempo_url(&app, &format!("/api/search?{search}"))).await;
+        assert_eq!(status, 200, "{search}: {body}");
+        assert_eq!(body["traces"].as_array().map(Vec::len), Some(1), "{search}: {body}");
+    }
+    app.begin_shutdown();
+    app.wait().await.expect("clean shutdown");
+}

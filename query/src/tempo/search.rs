@@ -147,7 +147,14 @@ pub(crate) fn parse_request(params: &Params, now_ns: i64, limits: &QueryLimits) 
 fn legacy_tag(key: String, value: String) -> Comparison {
     let field = match key.as_str() {
         "name" => Field::Name,
-        traceql::SERVICE_NAME => Field::Resource(key),
+        // The derived service name is stored with NUL as U+FFFD.
+        traceql::SERVICE_NAME => {
+            return Comparison::new(
+                Field::Resource(key),
+                Op::Eq,
+                Operand::Str(tracepost_storage::copy::sanitize_text(&value).into_owned()),
+            );
+        }
         _ => Field::Unscoped(key),
     };
     Comparison::new(field, Op::Eq, Operand::Str(value))

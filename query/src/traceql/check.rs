@@ -1,7 +1,10 @@
 //! Checking that an operator and a value suit a field.
 
+use tracepost_storage::copy::sanitize_text;
+
 use super::ast::{Field, Op, Operand};
 use super::pattern::Pattern;
+use super::SERVICE_NAME;
 
 /// Checks that an operator and a value suit a field, compiling regular expressions.
 pub(super) fn check(field: &Field, op: Op, operand: Operand) -> Result<Operand, String> {
@@ -31,6 +34,10 @@ pub(super) fn check(field: &Field, op: Op, operand: Operand) -> Result<Operand, 
         };
     }
     match (field, operand) {
+        // The derived service name is stored with NUL as U+FFFD.
+        (Field::Resource(key), Operand::Str(text)) if key == SERVICE_NAME => {
+            Ok(Operand::Str(sanitize_text(&text).into_owned()))
+        }
         (Field::Name, operand @ Operand::Str(_)) => Ok(operand),
         (Field::Name, _) => Err("`name` compares with a quoted string".to_owned()),
         (Field::Status, operand @ Operand::Status(_)) if op.is_equality() => Ok(operand),
