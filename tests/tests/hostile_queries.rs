@@ -13,7 +13,8 @@ use prost::Message as _;
 use serde_json::Value;
 use support::*;
 use tokio_postgres::error::SqlState;
-use tracepost_storage::{connect_pool, schema, DatabaseConfig};
+use tracepost_storage::model::TraceId;
+use tracepost_storage::{connect_pool, schema, DatabaseConfig, TimeRange, TraceReader};
 
 /// The default span limit per trace (`QueryLimits::max_spans_per_trace`).
 const MAX_SPANS_PER_TRACE: usize = 10_000;
@@ -428,6 +429,79 @@ async fn searching_for_a_service_name_with_a_nul_byte_finds_its_traces() {
         assert_eq!(status, 200, "{search}: {body}");
         assert_eq!(body["traces"].as_array().map(Vec::len), Some(1), "{search}: {body}");
     }
+    app.begin_shutdown();
+    app.wait().await.expect("clean shutdown");
+}
+
+/// One stored span whose `detail` cannot be decoded, beside valid spans of its trace, used to turn every trace
+/// lookup and search touching it into a 500. Now the bad row is left out and counted, and the trace and the
+/// searches answer with the valid spans; a resource whose body cannot be decoded likewise leaves its spans
+/// without resource attributes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_stored_row_is_left_out_and_the_trace_and_searches_still_answer() {
+    let database = TestDatabase::create("corrupt_row").await;
+    let app = serve(&database).await;
+    let start_ns = u64::try_from(now_micros() - 60_000_000).expect("positive") * 1000;
+    export(&app, &request("poisoned", spans([0x6c; 16], start_ns, 2))).await;
+    export(&app, &request("bare", spans([0x6d; 16], start_ns, 1))).await;
+    let client = database.client().await;
+    let inserted = client
+        .execute(
+            "INSERT INTO spans (trace_id, span_id, parent_span_id, start_ns, duration_ns, service, name, kind,
+                                status, cluster, resource_id, detail)
+             SELECT trace_id, 999, NULL, start_ns + 1, duration_ns, service, name, kind, status, cluster,
+                    resource_id, '\\xffffffff'::bytea
+             FROM spans WHERE trace_id = $1 LIMIT 1",
+            &[&vec![0x6c_u8; 16]],
+        )
+        .await
+        .expect("insert a corrupt span");
+    assert_eq!(inserted, 1);
+    let corrupted = client
+        .execute(
+            "UPDATE resources SET body = '\\xffffffff'::bytea WHERE service = 'bare'",
+            &[],
+        )
+        .await
+        .expect("corrupt a resource");
+    assert_eq!(corrupted, 1);
+
+    let poisoned = "6c".repeat(16);
+    let (status, body) = get_json(&query_url(&app, &format!("/api/traces/{poisoned}"))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"][0]["spans"].as_array().map(Vec::len), Some(2));
+    let (status, body) = get_json(&query_url(&app, &format!("/api/v3/traces/{poisoned}"))).await;
+    assert_eq!((status, otlp_spans(&body["result"]).len()), (200, 2));
+    let now = now_micros();
+    let (status, body) = get_json(&query_url(
+        &app,
+        &format!("/api/traces?service=poisoned&start={}&end={now}", now - 3_600_000_000),
+    ))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"].as_array().map(Vec::len), Some(1));
+    let (status, body) = get_json(&tempo_url(&app, "/api/search?q=%7B%7D")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["traces"].as_array().map(Vec::len), Some(2), "both traces: {body}");
+    let (status, body) = get_json(&query_url(&app, &format!("/api/traces/{}", "6d".repeat(16)))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"][0]["spans"].as_array().map(Vec::len), Some(1));
+    assert_eq!(body["data"][0]["processes"]["p1"]["serviceName"], "bare", "the derived service name");
+
+    // The reader counts each row it left out.
+    let reader = TraceReader::new(connect_pool(&DatabaseConfig::new(database.url.clone())).expect("pool"));
+    let trace = reader
+        .get_trace(TraceId([0x6c; 16]), TimeRange::default())
+        .await
+        .expect("answers")
+        .expect("found");
+    assert_eq!(trace.spans.len(), 2);
+    assert_eq!(reader.undecodable_rows().get(), 1);
+    reader
+        .get_trace(TraceId([0x6d; 16]), TimeRange::default())
+        .await
+        .expect("answers");
+    assert_eq!(reader.undecodable_rows().get(), 2, "the resource too");
     app.begin_shutdown();
     app.wait().await.expect("clean shutdown");
 }
