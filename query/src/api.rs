@@ -22,6 +22,7 @@ use serde::Serialize;
 use tracepost_storage::model::TraceId;
 use tracepost_storage::{StorageError, StoredTrace, TimeRange, TraceReader};
 
+use crate::blocking::cpu_heavy;
 use crate::jaeger;
 use crate::limits::{QueryLimits, Shared, TRUNCATED_HEADER};
 use crate::otlp_json::{self, OtlpJson};
@@ -76,13 +77,14 @@ async fn get_trace_v1<S: TraceSource>(
     State(Shared { reader: source, .. }): State<Shared<S>>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> Result<Json<V1Envelope<Vec<jaeger::Trace>>>, V1Error> {
+) -> Result<Response, V1Error> {
     let trace_id = parse_trace_id(path, "traceID")?;
     let Query(params) = query.map_err(|rejection| QueryError::BadRequest(rejection.body_text()))?;
     let range = parse_v1_range(&params)?;
     let trace = fetch(&source, trace_id, range).await?;
-    let rendered = jaeger::to_jaeger_trace(&trace);
-    Ok(Json(V1Envelope::data(vec![rendered])))
+    Ok(cpu_heavy(trace.spans.len(), || {
+        Json(V1Envelope::data(vec![jaeger::to_jaeger_trace(&trace)])).into_response()
+    }))
 }
 
 /// `GET /api/v3/traces/{trace_id}`. The optional `startTime`/`endTime` are not used yet.
@@ -92,11 +94,13 @@ async fn get_trace_v3<S: TraceSource>(
 ) -> Result<Response, V3Error> {
     let trace_id = parse_trace_id(path, "trace_id")?;
     let trace = fetch(&source, trace_id, TimeRange::default()).await?;
-    let data = otlp_json::to_traces_data(&trace);
-    let body = V3TraceResponse {
-        result: OtlpJson(&data),
-    };
-    let mut response = Json(body).into_response();
+    let mut response = cpu_heavy(trace.spans.len(), || {
+        let data = otlp_json::to_traces_data(&trace);
+        Json(V3TraceResponse {
+            result: OtlpJson(&data),
+        })
+        .into_response()
+    });
     mark_truncated(&mut response, &trace);
     Ok(response)
 }

@@ -10,6 +10,7 @@
 //! Depends on `tracepost-storage` only (never on the collector crate).
 
 mod api;
+mod blocking;
 pub mod jaeger;
 mod limits;
 pub mod otlp_json;

@@ -13,6 +13,7 @@ use tracepost_storage::model::{self, SpanKind, StatusCode as SpanStatus, StoredR
 use tracepost_storage::{SearchBudget, SpanFilter, StoredTrace, TimeRange, TraceReader};
 
 use crate::api::{storage_failed, QueryError, V1Envelope, V1Error, V1ErrorEntry, V3Error};
+use crate::blocking::cpu_heavy;
 use crate::jaeger::{self, value_matches};
 use crate::limits::{QueryLimits, Shared};
 use crate::otlp_json::{self, OtlpJson};
@@ -164,8 +165,10 @@ async fn search_v1(
     }
     let search = parse_v1_search(&params, tracepost_storage::time::now_unix_nanos(), &limits)?;
     let traces = find(&reader, &search).await?;
-    let data: Vec<jaeger::Trace> = traces.iter().map(jaeger::to_jaeger_trace).collect();
-    Ok(Json(V1Envelope::data(data)).into_response())
+    Ok(cpu_heavy(span_count(&traces), || {
+        let data: Vec<jaeger::Trace> = traces.iter().map(jaeger::to_jaeger_trace).collect();
+        Json(V1Envelope::data(data)).into_response()
+    }))
 }
 
 fn parse_v1_search(params: &Params, now_ns: i64, limits: &QueryLimits) -> Result<Search, QueryError> {
@@ -234,6 +237,11 @@ fn parse_v1_search(params: &Params, now_ns: i64, limits: &QueryLimits) -> Result
         tags,
         limit,
     })
+}
+
+/// Spans across `traces`: how heavy rendering them is.
+pub(crate) fn span_count(traces: &[StoredTrace]) -> usize {
+    traces.iter().map(|trace| trace.spans.len()).sum()
 }
 
 /// A service or span name as the text columns store it (NUL as U+FFFD), so that it selects what was sent with
@@ -397,12 +405,14 @@ async fn multi_get(reader: &TraceReader, params: &Params, texts: &[&str]) -> Res
         .filter(|id| !found.contains(id))
         .map(|id| V1ErrorEntry::missing_trace(jaeger::jaeger_trace_id(id)))
         .collect();
-    let data: Vec<jaeger::Trace> = traces.iter().map(jaeger::to_jaeger_trace).collect();
-    let mut envelope = V1Envelope::data(data);
-    if !errors.is_empty() {
-        envelope.errors = Some(errors);
-    }
-    Ok(Json(envelope).into_response())
+    Ok(cpu_heavy(span_count(&traces), || {
+        let data: Vec<jaeger::Trace> = traces.iter().map(jaeger::to_jaeger_trace).collect();
+        let mut envelope = V1Envelope::data(data);
+        if !errors.is_empty() {
+            envelope.errors = Some(errors);
+        }
+        Json(envelope).into_response()
+    }))
 }
 
 // === v1 dependencies ===
@@ -550,12 +560,14 @@ async fn search_v3(
     if traces.is_empty() {
         return Err(QueryError::NoTracesFound.into());
     }
-    let mut data = otlp_json::to_traces_data(&traces[0]);
-    for trace in &traces[1..] {
-        data.resource_spans
-            .extend(otlp_json::to_traces_data(trace).resource_spans);
-    }
-    Ok(Json(serde_json::json!({ "result": OtlpJson(&data) })).into_response())
+    Ok(cpu_heavy(span_count(&traces), || {
+        let mut data = otlp_json::to_traces_data(&traces[0]);
+        for trace in &traces[1..] {
+            data.resource_spans
+                .extend(otlp_json::to_traces_data(trace).resource_spans);
+        }
+        Json(serde_json::json!({ "result": OtlpJson(&data) })).into_response()
+    }))
 }
 
 #[derive(Debug, Serialize)]
@@ -629,12 +641,15 @@ struct SummariesV3 {
 async fn summaries_v3(
     State(Shared { reader, limits }): State<Shared>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> Result<Json<SummariesV3>, V3Error> {
+) -> Result<Response, V3Error> {
     let params = params(query)?;
     let search = parse_v3_search(&params, &limits)?;
     let traces = find(&reader, &search).await?;
-    Ok(Json(SummariesV3 {
-        summaries: traces.iter().map(summarize).collect(),
+    Ok(cpu_heavy(span_count(&traces), || {
+        Json(SummariesV3 {
+            summaries: traces.iter().map(summarize).collect(),
+        })
+        .into_response()
     }))
 }
 

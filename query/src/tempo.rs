@@ -33,11 +33,13 @@ use tracepost_storage::model::TraceId;
 use tracepost_storage::{SearchBudget, SpanFilter, StorageError, StoredTrace, TimeRange, TraceReader};
 
 use crate::api::{mark_truncated, QueryError, RETRY_AFTER_SECONDS};
+use crate::blocking::cpu_heavy;
 use crate::limits::{QueryLimits, Shared};
 use crate::otlp_json::to_traces_data;
 use crate::params::Params;
+use crate::search::span_count;
 use crate::traceql::Query;
-use format::{SearchResponse, TagValuesResponse, TagsResponse};
+use format::{TagValuesResponse, TagsResponse};
 use tags::Source;
 
 /// How far a trace-by-ID `start`/`end` hint is widened on each side (spans may start a little outside it).
@@ -202,7 +204,8 @@ async fn trace_by_id(
         Ok(_) => return Err(TempoError::NotFound),
         Err(error) => return Err(storage_failed("reading a trace", &error)),
     };
-    let mut response = render_trace(&trace, api, wants_protobuf(headers));
+    let protobuf = wants_protobuf(headers);
+    let mut response = cpu_heavy(trace.spans.len(), || render_trace(&trace, api, protobuf));
     mark_truncated(&mut response, &trace);
     Ok(response)
 }
@@ -295,7 +298,7 @@ async fn find(
             |span, resource| query.may_match_span(span, resource),
             |trace| {
                 inspected.fetch_add(1, Ordering::Relaxed);
-                query.matches_trace(trace)
+                cpu_heavy(trace.spans.len(), || query.matches_trace(trace))
             },
         )
         .await
@@ -306,18 +309,21 @@ async fn find(
 async fn search_traces(
     State(Shared { reader, limits }): State<Shared>,
     query: Result<QueryString<Vec<(String, String)>>, QueryRejection>,
-) -> Result<Json<SearchResponse>, TempoError> {
+) -> Result<Response, TempoError> {
     let params = params(query)?;
     let now = tracepost_storage::time::now_unix_nanos();
     let request = search::parse_request(&params, now, &limits).map_err(TempoError::BadRequest)?;
     let window = (request.start_ns, request.end_ns);
     let (traces, inspected) = find(&reader, &request.query, window, request.limit, SearchBudget::default()).await?;
-    Ok(Json(search::response(
-        &traces,
-        &request.query,
-        request.spans_per_span_set,
-        inspected,
-    )))
+    Ok(cpu_heavy(span_count(&traces), || {
+        Json(search::response(
+            &traces,
+            &request.query,
+            request.spans_per_span_set,
+            inspected,
+        ))
+        .into_response()
+    }))
 }
 
 // === tags ===

@@ -486,7 +486,10 @@ async fn a_corrupt_stored_row_is_left_out_and_the_trace_and_searches_still_answe
     let (status, body) = get_json(&query_url(&app, &format!("/api/traces/{}", "6d".repeat(16)))).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"][0]["spans"].as_array().map(Vec::len), Some(1));
-    assert_eq!(body["data"][0]["processes"]["p1"]["serviceName"], "bare", "the derived service name");
+    assert_eq!(
+        body["data"][0]["processes"]["p1"]["serviceName"], "bare",
+        "the derived service name"
+    );
 
     // The reader counts each row it left out.
     let reader = TraceReader::new(connect_pool(&DatabaseConfig::new(database.url.clone())).expect("pool"));
