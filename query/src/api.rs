@@ -7,7 +7,8 @@
 //!
 //! Handlers only parse, fetch and render; [`QueryError`] says what went wrong and the two wrappers
 //! [`V1Error`] and [`V3Error`] write it in each API's envelope. Storage errors are logged where they happen and
-//! answered with a bare "internal error".
+//! answered without their detail: 503 with `Retry-After` when the database could not answer (unreachable,
+//! no connection free in time, a statement timed out), else a bare 500 "internal error".
 
 use std::future::Future;
 
@@ -21,7 +22,9 @@ use serde::Serialize;
 use tracepost_storage::model::TraceId;
 use tracepost_storage::{StorageError, StoredTrace, TimeRange, TraceReader};
 
+use crate::blocking::cpu_heavy;
 use crate::jaeger;
+use crate::limits::{QueryLimits, Shared, TRUNCATED_HEADER};
 use crate::otlp_json::{self, OtlpJson};
 
 /// How far a client's `start`/`end` hint is widened on each side: clients derive it from what they displayed,
@@ -31,9 +34,15 @@ const RANGE_SLACK_NANOS: i64 = 10 * 60 * 1_000_000_000;
 /// as microseconds it would be a date in 1973.
 const MILLIS_CUTOFF: i64 = 100_000_000_000_000;
 
-/// The query API: Jaeger's v1 and api_v3 trace-by-ID routes, reading from `reader`.
+/// The query API (Jaeger's v1 and api_v3 routes) reading from `reader`, within the default [`QueryLimits`].
 pub fn router(reader: TraceReader) -> Router {
-    routes(reader.clone()).merge(crate::search::routes(reader))
+    router_with_limits(reader, QueryLimits::default())
+}
+
+/// The query API (Jaeger's v1 and api_v3 routes) reading from `reader`, within `limits`.
+pub fn router_with_limits(reader: TraceReader, limits: QueryLimits) -> Router {
+    let reader = reader.with_max_spans_per_trace(limits.max_spans_per_trace);
+    routes(reader.clone(), limits).merge(crate::search::routes(reader, limits))
 }
 
 /// Where the handlers read traces from: [`TraceReader`] in production, a fake in tests.
@@ -56,39 +65,54 @@ impl TraceSource for TraceReader {
     }
 }
 
-pub(crate) fn routes<S: TraceSource>(source: S) -> Router {
+pub(crate) fn routes<S: TraceSource>(source: S, limits: QueryLimits) -> Router {
     Router::new()
         .route("/api/traces/{trace_id}", get(get_trace_v1::<S>))
         .route("/api/v3/traces/{trace_id}", get(get_trace_v3::<S>))
-        .with_state(source)
+        .with_state(Shared { reader: source, limits })
 }
 
 /// `GET /api/traces/{trace_id}[?start=&end=]`.
 async fn get_trace_v1<S: TraceSource>(
-    State(source): State<S>,
+    State(Shared { reader: source, .. }): State<Shared<S>>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> Result<Json<V1Envelope<Vec<jaeger::Trace>>>, V1Error> {
+) -> Result<Response, V1Error> {
     let trace_id = parse_trace_id(path, "traceID")?;
     let Query(params) = query.map_err(|rejection| QueryError::BadRequest(rejection.body_text()))?;
     let range = parse_v1_range(&params)?;
     let trace = fetch(&source, trace_id, range).await?;
-    let rendered = jaeger::to_jaeger_trace(&trace);
-    Ok(Json(V1Envelope::data(vec![rendered])))
+    Ok(cpu_heavy(trace.spans.len(), || {
+        Json(V1Envelope::data(vec![jaeger::to_jaeger_trace(&trace)])).into_response()
+    }))
 }
 
 /// `GET /api/v3/traces/{trace_id}`. The optional `startTime`/`endTime` are not used yet.
 async fn get_trace_v3<S: TraceSource>(
-    State(source): State<S>,
+    State(Shared { reader: source, .. }): State<Shared<S>>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, V3Error> {
     let trace_id = parse_trace_id(path, "trace_id")?;
     let trace = fetch(&source, trace_id, TimeRange::default()).await?;
-    let data = otlp_json::to_traces_data(&trace);
-    let body = V3TraceResponse {
-        result: OtlpJson(&data),
-    };
-    Ok(Json(body).into_response())
+    let mut response = cpu_heavy(trace.spans.len(), || {
+        let data = otlp_json::to_traces_data(&trace);
+        Json(V3TraceResponse {
+            result: OtlpJson(&data),
+        })
+        .into_response()
+    });
+    mark_truncated(&mut response, &trace);
+    Ok(response)
+}
+
+/// Says in a response header that a trace was cut to its first spans, where the format has no place for it:
+/// `tracepost-trace-truncated: <spans shown>`.
+pub(crate) fn mark_truncated(response: &mut Response, trace: &StoredTrace) {
+    if trace.truncated {
+        response
+            .headers_mut()
+            .insert(TRUNCATED_HEADER, axum::http::HeaderValue::from(trace.spans.len()));
+    }
 }
 
 /// Parses a trace ID path segment: 1 to 32 hex characters, surrounding whitespace ignored.
@@ -139,10 +163,21 @@ async fn fetch<S: TraceSource>(source: &S, trace_id: TraceId, range: TimeRange) 
     match source.get_trace(trace_id, range).await {
         Ok(Some(trace)) if !trace.spans.is_empty() => Ok(trace),
         Ok(_) => Err(QueryError::NotFound),
-        Err(error) => {
-            tracing::error!(trace_id = %trace_id.to_hex(), %error, "reading a trace failed");
-            Err(QueryError::Internal)
-        }
+        Err(error) => Err(storage_failed(&format!("reading trace {}", trace_id.to_hex()), &error)),
+    }
+}
+
+/// Seconds a client is told to wait before retrying when the database could not answer.
+pub(crate) const RETRY_AFTER_SECONDS: u32 = 5;
+
+/// Logs a storage failure with its detail and says what the client may know: unavailable (retry) or internal.
+pub(crate) fn storage_failed(what: &str, error: &StorageError) -> QueryError {
+    if error.is_unavailable() {
+        tracing::warn!(%error, "{what}: database unavailable");
+        QueryError::Unavailable
+    } else {
+        tracing::error!(%error, "{what} failed");
+        QueryError::Internal
     }
 }
 
@@ -160,6 +195,9 @@ pub(crate) enum QueryError {
     /// Storage failed; the cause has been logged and is never sent to the client.
     #[error("internal error")]
     Internal,
+    /// The database could not answer (unreachable, busy, a statement timed out); the client may retry.
+    #[error("database unavailable, retry later")]
+    Unavailable,
     /// A feature that needs configuration it does not have.
     #[error("{0}")]
     NotImplemented(String),
@@ -174,6 +212,7 @@ impl QueryError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NotFound | Self::NoTracesFound => StatusCode::NOT_FOUND,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             Self::Backend(_) => StatusCode::BAD_GATEWAY,
         }
@@ -291,11 +330,12 @@ fn is_zero(code: &u16) -> bool {
     *code == 0
 }
 
-/// Jaeger writes errors with Go's `http.Error`: the JSON envelope as `text/plain` with a trailing newline.
+/// Jaeger writes errors with Go's `http.Error`: the JSON envelope as `text/plain` with a trailing newline. A
+/// 503 says when to retry.
 fn error_response(status: StatusCode, body: &impl Serialize) -> Response {
     let mut text = serde_json::to_string(body).unwrap_or_default();
     text.push('\n');
-    (
+    let mut response = (
         status,
         [
             (axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8"),
@@ -303,7 +343,13 @@ fn error_response(status: StatusCode, body: &impl Serialize) -> Response {
         ],
         text,
     )
-        .into_response()
+        .into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, RETRY_AFTER_SECONDS.into());
+    }
+    response
 }
 
 #[derive(Serialize)]
@@ -340,6 +386,7 @@ mod tests {
     struct FakeSource {
         traces: Arc<HashMap<TraceId, StoredTrace>>,
         broken: bool,
+        unavailable: bool,
         last_range: Arc<Mutex<Option<TimeRange>>>,
     }
 
@@ -363,6 +410,11 @@ mod tests {
             if self.broken {
                 return Err(StorageError::Corrupt("secret detail".to_owned()));
             }
+            if self.unavailable {
+                return Err(StorageError::Pool(
+                    "timed out connecting to postgres://tracepost:secret@db:5432".to_owned(),
+                ));
+            }
             Ok(self.traces.get(&trace_id).cloned())
         }
     }
@@ -370,6 +422,7 @@ mod tests {
     struct Reply {
         status: u16,
         content_type: String,
+        retry_after: Option<String>,
         body: serde_json::Value,
     }
 
@@ -377,7 +430,7 @@ mod tests {
     async fn get(source: FakeSource, target: &str) -> Reply {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("local address");
-        let server = tokio::spawn(async move { axum::serve(listener, routes(source)).await });
+        let server = tokio::spawn(async move { axum::serve(listener, routes(source, QueryLimits::default())).await });
         let mut stream = TcpStream::connect(address).await.expect("connect");
         let request = format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.expect("write request");
@@ -393,15 +446,20 @@ mod tests {
             .and_then(|line| line.split(' ').nth(1))
             .and_then(|code| code.parse().ok())
             .expect("status line");
-        let content_type = lines
-            .filter_map(|line| line.split_once(':'))
-            .find(|(name, _)| name.eq_ignore_ascii_case("content-type"))
-            .map(|(_, value)| value.trim().to_owned())
-            .unwrap_or_default();
+        let headers: Vec<(&str, &str)> = lines.filter_map(|line| line.split_once(':')).collect();
+        let header = |wanted: &str| {
+            headers
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case(wanted))
+                .map(|(_, value)| value.trim().to_owned())
+        };
+        let content_type = header("content-type").unwrap_or_default();
+        let retry_after = header("retry-after");
         let body = serde_json::from_str(body).expect("JSON body");
         Reply {
             status,
             content_type,
+            retry_after,
             body,
         }
     }
@@ -524,6 +582,25 @@ mod tests {
         let reply = get(source, "/api/traces/a1b2c3d4e5f60718").await;
         assert_eq!(reply.status, 500);
         assert_eq!(reply.body, v1_error(500, "internal error"));
+    }
+
+    #[tokio::test]
+    async fn an_unavailable_database_is_503_with_retry_after_and_no_detail() {
+        let source = FakeSource {
+            unavailable: true,
+            ..FakeSource::with_fixture()
+        };
+        let reply = get(source.clone(), "/api/traces/a1b2c3d4e5f60718").await;
+        assert_eq!(reply.status, 503);
+        assert_eq!(reply.retry_after.as_deref(), Some("5"));
+        assert_eq!(reply.body, v1_error(503, "database unavailable, retry later"));
+        let reply = get(source, "/api/v3/traces/a1b2c3d4e5f60718").await;
+        assert_eq!(reply.status, 503);
+        assert_eq!(reply.retry_after.as_deref(), Some("5"));
+        assert_eq!(
+            reply.body,
+            json!({"error": {"httpCode": 503, "message": "database unavailable, retry later"}})
+        );
     }
 
     #[tokio::test]

@@ -350,5 +350,6 @@ pub(crate) fn trace() -> StoredTrace {
             stored(span_f(), CART_RESOURCE, "cart", Some("prod-eu")),
         ],
         resources,
+        truncated: false,
     }
 }

@@ -177,13 +177,14 @@ impl Serialize for Processes {
     }
 }
 
-/// Renders a stored trace as a Jaeger UI trace, keeping the stored span order.
+/// Renders a stored trace as a Jaeger UI trace, keeping the stored span order. A truncated trace says so in
+/// its first span's `warnings`.
 ///
 /// Span `flags` are left out, as Jaeger's own OTLP translator does: OTLP's flag bits (W3C trace flags,
 /// parent-is-remote) do not mean what Jaeger's do.
 pub fn to_jaeger_trace(trace: &StoredTrace) -> Trace {
     let mut processes = ProcessTable::default();
-    let spans = trace
+    let mut spans: Vec<Span> = trace
         .spans
         .iter()
         .map(|stored| {
@@ -191,6 +192,11 @@ pub fn to_jaeger_trace(trace: &StoredTrace) -> Trace {
             to_jaeger_span(&stored.span, process_id)
         })
         .collect();
+    if trace.truncated {
+        if let Some(first) = spans.first_mut() {
+            first.warnings = Some(vec![crate::limits::truncation_warning(trace.spans.len())]);
+        }
+    }
     Trace {
         trace_id: jaeger_trace_id(&trace.trace_id),
         spans,
@@ -529,6 +535,21 @@ mod tests {
         let golden: serde_json::Value =
             serde_json::from_str(include_str!("testdata/jaeger_trace.json")).expect("golden file is JSON");
         assert_eq!(rendered, golden, "rendered:\n{rendered:#}");
+    }
+
+    #[test]
+    fn a_truncated_trace_says_so_in_its_first_spans_warnings() {
+        let mut trace = fixtures::trace();
+        trace.truncated = true;
+        let rendered = to_jaeger_trace(&trace);
+        assert_eq!(
+            rendered.spans[0].warnings,
+            Some(vec![
+                "trace truncated: only its first 6 spans by start time are shown (the span limit per trace)".to_owned()
+            ])
+        );
+        assert!(rendered.spans[1..].iter().all(|span| span.warnings.is_none()));
+        assert_eq!(rendered.warnings, None);
     }
 
     #[test]

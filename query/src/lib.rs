@@ -10,7 +10,9 @@
 //! Depends on `tracepost-storage` only (never on the collector crate).
 
 mod api;
+mod blocking;
 pub mod jaeger;
+mod limits;
 pub mod otlp_json;
 mod params;
 mod search;
@@ -21,6 +23,7 @@ pub mod traceql;
 #[cfg(test)]
 mod fixtures;
 
-pub use api::router;
+pub use api::{router, router_with_limits};
+pub use limits::QueryLimits;
 pub use spm::spm_router;
-pub use tempo::tempo_router;
+pub use tempo::{tempo_router, tempo_router_with_limits};

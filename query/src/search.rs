@@ -12,8 +12,10 @@ use serde::Serialize;
 use tracepost_storage::model::{self, SpanKind, StatusCode as SpanStatus, StoredResource, StoredSpan, TraceId};
 use tracepost_storage::{SearchBudget, SpanFilter, StoredTrace, TimeRange, TraceReader};
 
-use crate::api::{QueryError, V1Envelope, V1Error, V1ErrorEntry, V3Error};
+use crate::api::{storage_failed, QueryError, V1Envelope, V1Error, V1ErrorEntry, V3Error};
+use crate::blocking::cpu_heavy;
 use crate::jaeger::{self, value_matches};
+use crate::limits::{QueryLimits, Shared};
 use crate::otlp_json::{self, OtlpJson};
 use crate::params::{parse_bool, parse_go_duration, parse_int, parse_rfc3339, Params};
 
@@ -27,7 +29,7 @@ const DEFAULT_DEPENDENCIES_LOOKBACK_MS: i64 = 24 * 3600 * 1000;
 const DEFAULT_SEARCH_DEPTH: i64 = 100;
 
 /// The list and search routes, reading from `reader`.
-pub(crate) fn routes(reader: TraceReader) -> Router {
+pub(crate) fn routes(reader: TraceReader, limits: QueryLimits) -> Router {
     Router::new()
         .route("/api/services", get(services_v1))
         .route("/api/services/{service}/operations", get(service_operations_v1))
@@ -38,7 +40,7 @@ pub(crate) fn routes(reader: TraceReader) -> Router {
         .route("/api/v3/operations", get(operations_v3))
         .route("/api/v3/traces", get(search_v3))
         .route("/api/v3/trace-summaries", get(summaries_v3))
-        .with_state(reader)
+        .with_state(Shared { reader, limits })
 }
 
 fn params(query: Result<Query<Vec<(String, String)>>, QueryRejection>) -> Result<Params, QueryError> {
@@ -56,29 +58,24 @@ fn int_param(params: &Params, name: &str) -> Result<Option<i64>, QueryError> {
         .transpose()
 }
 
-fn storage_failed(what: &str, error: impl std::fmt::Display) -> QueryError {
-    tracing::error!(%error, "{what} failed");
-    QueryError::Internal
-}
-
 // === v1 lists ===
 
-async fn services_v1(State(reader): State<TraceReader>) -> Result<Json<V1Envelope<Vec<String>>>, V1Error> {
+async fn services_v1(State(Shared { reader, .. }): State<Shared>) -> Result<Json<V1Envelope<Vec<String>>>, V1Error> {
     let services = reader
         .services()
         .await
-        .map_err(|error| storage_failed("listing services", error))?;
+        .map_err(|error| storage_failed("listing services", &error))?;
     Ok(Json(V1Envelope::list(services)))
 }
 
 async fn service_operations_v1(
-    State(reader): State<TraceReader>,
+    State(Shared { reader, .. }): State<Shared>,
     Path(service): Path<String>,
 ) -> Result<Json<V1Envelope<Vec<String>>>, V1Error> {
     let operations = reader
         .operations(&service, None)
         .await
-        .map_err(|error| storage_failed("listing operations", error))?;
+        .map_err(|error| storage_failed("listing operations", &error))?;
     let mut names: Vec<String> = operations.into_iter().map(|(name, _)| name).collect();
     names.dedup();
     Ok(Json(V1Envelope::list(names)))
@@ -117,7 +114,7 @@ async fn list_operations(
     let operations = reader
         .operations(service, kind)
         .await
-        .map_err(|error| storage_failed("listing operations", error))?;
+        .map_err(|error| storage_failed("listing operations", &error))?;
     Ok(operations
         .into_iter()
         .map(|(name, kind)| Operation {
@@ -128,7 +125,7 @@ async fn list_operations(
 }
 
 async fn operations_v1(
-    State(reader): State<TraceReader>,
+    State(Shared { reader, .. }): State<Shared>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<V1Envelope<Vec<Operation>>>, V1Error> {
     let params = params(query)?;
@@ -150,21 +147,31 @@ struct Search {
 }
 
 async fn search_v1(
-    State(reader): State<TraceReader>,
+    State(Shared { reader, limits }): State<Shared>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, V1Error> {
     let params = params(query)?;
     let trace_ids: Vec<&str> = params.all("traceID").collect();
     if !trace_ids.is_empty() {
+        if trace_ids.len() > limits.max_traces_per_search {
+            return Err(QueryError::BadRequest(format!(
+                "{} traceID parameters are over the limit of {} traces per request: ask for fewer traces at a time",
+                trace_ids.len(),
+                limits.max_traces_per_search
+            ))
+            .into());
+        }
         return multi_get(&reader, &params, &trace_ids).await;
     }
-    let search = parse_v1_search(&params, tracepost_storage::time::now_unix_nanos())?;
+    let search = parse_v1_search(&params, tracepost_storage::time::now_unix_nanos(), &limits)?;
     let traces = find(&reader, &search).await?;
-    let data: Vec<jaeger::Trace> = traces.iter().map(jaeger::to_jaeger_trace).collect();
-    Ok(Json(V1Envelope::data(data)).into_response())
+    Ok(cpu_heavy(span_count(&traces), || {
+        let data: Vec<jaeger::Trace> = traces.iter().map(jaeger::to_jaeger_trace).collect();
+        Json(V1Envelope::data(data)).into_response()
+    }))
 }
 
-fn parse_v1_search(params: &Params, now_ns: i64) -> Result<Search, QueryError> {
+fn parse_v1_search(params: &Params, now_ns: i64, limits: &QueryLimits) -> Result<Search, QueryError> {
     let bad = |name: &str, error: String| QueryError::BadRequest(format!("unable to parse param '{name}': {error}"));
     let end_ns = int_param(params, "end")?.map_or(now_ns, |micros| micros.saturating_mul(1000));
     let start_ns =
@@ -204,6 +211,8 @@ fn parse_v1_search(params: &Params, now_ns: i64) -> Result<Search, QueryError> {
             "invalid parameter: limit must be greater than 0".into(),
         ));
     }
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    limits.check_traces("limit", limit).map_err(QueryError::BadRequest)?;
     if start_ns > end_ns {
         return Err(QueryError::BadRequest(
             "invalid parameter: start time must be before end time".into(),
@@ -218,16 +227,27 @@ fn parse_v1_search(params: &Params, now_ns: i64) -> Result<Search, QueryError> {
     }
     Ok(Search {
         filter: SpanFilter {
-            services: Some(vec![service.to_owned()]),
-            operation: params.get("operation").map(str::to_owned),
+            services: Some(vec![stored_text(service)]),
+            operation: params.get("operation").map(stored_text),
             min_duration_ns: min_duration.filter(|nanos| *nanos > 0),
             max_duration_ns: max_duration.filter(|nanos| *nanos > 0),
             start_min_ns: start_ns,
             start_max_ns: end_ns,
         },
         tags,
-        limit: usize::try_from(limit).unwrap_or(usize::MAX),
+        limit,
     })
+}
+
+/// Spans across `traces`: how heavy rendering them is.
+pub(crate) fn span_count(traces: &[StoredTrace]) -> usize {
+    traces.iter().map(|trace| trace.spans.len()).sum()
+}
+
+/// A service or span name as the text columns store it (NUL as U+FFFD), so that it selects what was sent with
+/// NUL in it instead of failing the query.
+fn stored_text(text: &str) -> String {
+    tracepost_storage::copy::sanitize_text(text).into_owned()
 }
 
 /// `tags`: a JSON object of strings, or logfmt (`k=v k2="a b"`).
@@ -297,7 +317,7 @@ async fn find(reader: &TraceReader, search: &Search) -> Result<Vec<StoredTrace>,
             |_| true,
         )
         .await
-        .map_err(|error| storage_failed("searching traces", error))
+        .map_err(|error| storage_failed("searching traces", &error))
 }
 
 /// The one-span rule: a trace matches when one of its spans satisfies every filter.
@@ -378,19 +398,21 @@ async fn multi_get(reader: &TraceReader, params: &Params, texts: &[&str]) -> Res
     let traces = reader
         .get_traces(&ids, range)
         .await
-        .map_err(|error| storage_failed("reading traces", error))?;
+        .map_err(|error| storage_failed("reading traces", &error))?;
     let found: HashSet<TraceId> = traces.iter().map(|trace| trace.trace_id).collect();
     let errors: Vec<V1ErrorEntry> = ids
         .iter()
         .filter(|id| !found.contains(id))
         .map(|id| V1ErrorEntry::missing_trace(jaeger::jaeger_trace_id(id)))
         .collect();
-    let data: Vec<jaeger::Trace> = traces.iter().map(jaeger::to_jaeger_trace).collect();
-    let mut envelope = V1Envelope::data(data);
-    if !errors.is_empty() {
-        envelope.errors = Some(errors);
-    }
-    Ok(Json(envelope).into_response())
+    Ok(cpu_heavy(span_count(&traces), || {
+        let data: Vec<jaeger::Trace> = traces.iter().map(jaeger::to_jaeger_trace).collect();
+        let mut envelope = V1Envelope::data(data);
+        if !errors.is_empty() {
+            envelope.errors = Some(errors);
+        }
+        Json(envelope).into_response()
+    }))
 }
 
 // === v1 dependencies ===
@@ -404,7 +426,7 @@ struct Dependency {
 }
 
 async fn dependencies_v1(
-    State(reader): State<TraceReader>,
+    State(Shared { reader, .. }): State<Shared>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<V1Envelope<Vec<Dependency>>>, V1Error> {
     let params = params(query)?;
@@ -413,7 +435,7 @@ async fn dependencies_v1(
     let links = reader
         .dependencies(end_ms.saturating_mul(1_000_000), lookback_ms.saturating_mul(1_000_000))
         .await
-        .map_err(|error| storage_failed("computing dependencies", error))?;
+        .map_err(|error| storage_failed("computing dependencies", &error))?;
     let service = params.get("service");
     let data = links
         .into_iter()
@@ -434,11 +456,11 @@ struct ServicesV3 {
     services: Vec<String>,
 }
 
-async fn services_v3(State(reader): State<TraceReader>) -> Result<Json<ServicesV3>, V3Error> {
+async fn services_v3(State(Shared { reader, .. }): State<Shared>) -> Result<Json<ServicesV3>, V3Error> {
     let services = reader
         .services()
         .await
-        .map_err(|error| storage_failed("listing services", error))?;
+        .map_err(|error| storage_failed("listing services", &error))?;
     Ok(Json(ServicesV3 { services }))
 }
 
@@ -448,7 +470,7 @@ struct OperationsV3 {
 }
 
 async fn operations_v3(
-    State(reader): State<TraceReader>,
+    State(Shared { reader, .. }): State<Shared>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<OperationsV3>, V3Error> {
     let params = params(query)?;
@@ -459,7 +481,7 @@ async fn operations_v3(
     Ok(Json(OperationsV3 { operations }))
 }
 
-fn parse_v3_search(params: &Params) -> Result<Search, QueryError> {
+fn parse_v3_search(params: &Params, limits: &QueryLimits) -> Result<Search, QueryError> {
     let malformed = |name: &str, error: String| QueryError::BadRequest(format!("malformed parameter {name}: {error}"));
     let time = |names: &[&str]| -> Result<Option<i64>, QueryError> {
         params
@@ -487,15 +509,19 @@ fn parse_v3_search(params: &Params) -> Result<Search, QueryError> {
     };
     let min_duration = duration(&["query.durationMin", "query.duration_min"])?;
     let max_duration = duration(&["query.durationMax", "query.duration_max"])?;
-    let depth = match params.get_any(&["query.searchDepth", "query.search_depth", "query.num_traces"]) {
-        Some((text, name)) => parse_int(text).map_err(|error| malformed(&name, error))?,
-        None => DEFAULT_SEARCH_DEPTH,
+    let (depth, depth_name) = match params.get_any(&["query.searchDepth", "query.search_depth", "query.num_traces"]) {
+        Some((text, name)) => (parse_int(text).map_err(|error| malformed(&name, error))?, name),
+        None => (DEFAULT_SEARCH_DEPTH, "query.searchDepth".to_owned()),
     };
     if depth <= 0 {
         return Err(QueryError::BadRequest(
             "malformed parameter query.searchDepth: must be greater than 0".into(),
         ));
     }
+    let depth = usize::try_from(depth).unwrap_or(usize::MAX);
+    limits
+        .check_traces(&depth_name, depth)
+        .map_err(QueryError::BadRequest)?;
     let tags = match params.get("query.attributes") {
         Some(text) => {
             let object: HashMap<String, String> =
@@ -510,36 +536,38 @@ fn parse_v3_search(params: &Params) -> Result<Search, QueryError> {
         filter: SpanFilter {
             services: params
                 .get_any(&["query.serviceName", "query.service_name"])
-                .map(|(name, _)| vec![name.to_owned()]),
+                .map(|(name, _)| vec![stored_text(name)]),
             operation: params
                 .get_any(&["query.operationName", "query.operation_name"])
-                .map(|(name, _)| name.to_owned()),
+                .map(|(name, _)| stored_text(name)),
             min_duration_ns: min_duration.filter(|nanos| *nanos > 0),
             max_duration_ns: max_duration.filter(|nanos| *nanos > 0),
             start_min_ns: start_min,
             start_max_ns: start_max,
         },
         tags,
-        limit: usize::try_from(depth).unwrap_or(usize::MAX),
+        limit: depth,
     })
 }
 
 async fn search_v3(
-    State(reader): State<TraceReader>,
+    State(Shared { reader, limits }): State<Shared>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, V3Error> {
     let params = params(query)?;
-    let search = parse_v3_search(&params)?;
+    let search = parse_v3_search(&params, &limits)?;
     let traces = find(&reader, &search).await?;
     if traces.is_empty() {
         return Err(QueryError::NoTracesFound.into());
     }
-    let mut data = otlp_json::to_traces_data(&traces[0]);
-    for trace in &traces[1..] {
-        data.resource_spans
-            .extend(otlp_json::to_traces_data(trace).resource_spans);
-    }
-    Ok(Json(serde_json::json!({ "result": OtlpJson(&data) })).into_response())
+    Ok(cpu_heavy(span_count(&traces), || {
+        let mut data = otlp_json::to_traces_data(&traces[0]);
+        for trace in &traces[1..] {
+            data.resource_spans
+                .extend(otlp_json::to_traces_data(trace).resource_spans);
+        }
+        Json(serde_json::json!({ "result": OtlpJson(&data) })).into_response()
+    }))
 }
 
 #[derive(Debug, Serialize)]
@@ -611,14 +639,17 @@ struct SummariesV3 {
 /// Unlike `/api/v3/traces`, an empty result is 200 with no summaries: the Jaeger UI treats any other status
 /// as an error.
 async fn summaries_v3(
-    State(reader): State<TraceReader>,
+    State(Shared { reader, limits }): State<Shared>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> Result<Json<SummariesV3>, V3Error> {
+) -> Result<Response, V3Error> {
     let params = params(query)?;
-    let search = parse_v3_search(&params)?;
+    let search = parse_v3_search(&params, &limits)?;
     let traces = find(&reader, &search).await?;
-    Ok(Json(SummariesV3 {
-        summaries: traces.iter().map(summarize).collect(),
+    Ok(cpu_heavy(span_count(&traces), || {
+        Json(SummariesV3 {
+            summaries: traces.iter().map(summarize).collect(),
+        })
+        .into_response()
     }))
 }
 
@@ -649,6 +680,7 @@ mod tests {
                 ("tags", r#"{"http.response.status_code":"503","error":"true"}"#),
             ]),
             0,
+            &QueryLimits::default(),
         )
         .expect("valid search");
         assert_eq!(search.filter.services, Some(vec!["frontend".to_owned()]));
@@ -668,7 +700,9 @@ mod tests {
 
     #[test]
     fn v1_search_errors_name_the_parameter() {
-        let error = |pairs: &[(&str, &str)]| message(parse_v1_search(&params(pairs), 0).expect_err("invalid"));
+        let error = |pairs: &[(&str, &str)]| {
+            message(parse_v1_search(&params(pairs), 0, &QueryLimits::default()).expect_err("invalid"))
+        };
         assert_eq!(error(&[]), "parameter 'service' is required");
         assert_eq!(
             error(&[("service", "a"), ("start", "yesterday")]),
@@ -691,6 +725,44 @@ mod tests {
     }
 
     #[test]
+    fn searches_over_the_trace_cap_are_refused_naming_the_parameter() {
+        let limits = QueryLimits {
+            max_traces_per_search: 20,
+            ..QueryLimits::default()
+        };
+        let error = parse_v1_search(&params(&[("service", "a"), ("limit", "21")]), 0, &limits).expect_err("over");
+        assert_eq!(
+            message(error),
+            "limit=21 is over the limit of 20 traces per search: ask for fewer, or narrow the search (service, \
+             operation, tags, a shorter time range)"
+        );
+        let v3 = |depth: (&'static str, &'static str)| {
+            parse_v3_search(
+                &params(&[
+                    ("query.startTimeMin", "2025-08-01T09:00:00Z"),
+                    ("query.startTimeMax", "2025-08-01T10:00:00Z"),
+                    depth,
+                ]),
+                &limits,
+            )
+        };
+        assert!(message(v3(("query.num_traces", "21")).expect_err("over")).starts_with("query.num_traces=21 is over"));
+        assert_eq!(v3(("query.searchDepth", "20")).expect("at the cap").limit, 20);
+        let error = parse_v3_search(
+            &params(&[
+                ("query.startTimeMin", "2025-08-01T09:00:00Z"),
+                ("query.startTimeMax", "2025-08-01T10:00:00Z"),
+            ]),
+            &QueryLimits {
+                max_traces_per_search: 99,
+                ..QueryLimits::default()
+            },
+        )
+        .expect_err("the default depth of 100 is over a cap of 99");
+        assert!(message(error).starts_with("query.searchDepth=100 is over the limit of 99 traces"));
+    }
+
+    #[test]
     fn logfmt_tags_are_accepted() {
         assert_eq!(
             parse_tags(r#"error=true http.route="/a b""#).expect("logfmt"),
@@ -701,15 +773,19 @@ mod tests {
 
     #[test]
     fn v3_search_requires_both_times() {
-        let error = parse_v3_search(&params(&[("query.serviceName", "a")])).expect_err("missing times");
+        let error = parse_v3_search(&params(&[("query.serviceName", "a")]), &QueryLimits::default())
+            .expect_err("missing times");
         assert_eq!(message(error), "query.startTimeMin and query.startTimeMax are required");
-        let search = parse_v3_search(&params(&[
-            ("query.serviceName", "frontend"),
-            ("query.startTimeMin", "2025-08-01T09:00:00.000Z"),
-            ("query.startTimeMax", "2025-08-01T10:00:00.000Z"),
-            ("query.searchDepth", "20"),
-            ("query.attributes", r#"{"error":"true"}"#),
-        ]))
+        let search = parse_v3_search(
+            &params(&[
+                ("query.serviceName", "frontend"),
+                ("query.startTimeMin", "2025-08-01T09:00:00.000Z"),
+                ("query.startTimeMax", "2025-08-01T10:00:00.000Z"),
+                ("query.searchDepth", "20"),
+                ("query.attributes", r#"{"error":"true"}"#),
+            ]),
+            &QueryLimits::default(),
+        )
         .expect("valid");
         assert_eq!(search.limit, 20);
         assert_eq!(

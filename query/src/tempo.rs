@@ -32,10 +32,14 @@ use serde::Serialize;
 use tracepost_storage::model::TraceId;
 use tracepost_storage::{SearchBudget, SpanFilter, StorageError, StoredTrace, TimeRange, TraceReader};
 
+use crate::api::{mark_truncated, QueryError, RETRY_AFTER_SECONDS};
+use crate::blocking::cpu_heavy;
+use crate::limits::{QueryLimits, Shared};
 use crate::otlp_json::to_traces_data;
 use crate::params::Params;
+use crate::search::span_count;
 use crate::traceql::Query;
-use format::{SearchResponse, TagValuesResponse, TagsResponse};
+use format::{TagValuesResponse, TagsResponse};
 use tags::Source;
 
 /// How far a trace-by-ID `start`/`end` hint is widened on each side (spans may start a little outside it).
@@ -54,8 +58,14 @@ const DEFAULT_TAG_LIMIT: usize = 5000;
 const MAX_SERVICES_FOR_NAMES: usize = 100;
 const PROTOBUF: &str = "application/protobuf";
 
-/// The Tempo API router, reading from `reader`.
+/// The Tempo API router, reading from `reader`, within the default [`QueryLimits`].
 pub fn tempo_router(reader: TraceReader) -> Router {
+    tempo_router_with_limits(reader, QueryLimits::default())
+}
+
+/// The Tempo API router, reading from `reader`, within `limits`.
+pub fn tempo_router_with_limits(reader: TraceReader, limits: QueryLimits) -> Router {
+    let reader = reader.with_max_spans_per_trace(limits.max_spans_per_trace);
     Router::new()
         .route("/api/echo", get(echo))
         .route("/ready", get(ready))
@@ -65,7 +75,7 @@ pub fn tempo_router(reader: TraceReader) -> Router {
         .route("/api/search", get(search_traces))
         .route("/api/v2/search/tags", get(search_tags))
         .route("/api/v2/search/tag/{tag}/values", get(search_tag_values))
-        .with_state(reader)
+        .with_state(Shared { reader, limits })
 }
 
 /// Why a request failed; answered as plain text, as Tempo (Go's `http.Error`) does.
@@ -75,6 +85,8 @@ enum TempoError {
     NotFound,
     /// Storage failed; the cause has been logged and is never sent.
     Internal,
+    /// The database could not answer; the client may retry.
+    Unavailable,
 }
 
 impl IntoResponse for TempoError {
@@ -83,8 +95,12 @@ impl IntoResponse for TempoError {
             Self::BadRequest(message) => (StatusCode::BAD_REQUEST, message),
             Self::NotFound => (StatusCode::NOT_FOUND, "trace not found".to_owned()),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned()),
+            Self::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database unavailable, retry later".to_owned(),
+            ),
         };
-        (
+        let mut response = (
             status,
             [
                 (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
@@ -92,13 +108,21 @@ impl IntoResponse for TempoError {
             ],
             format!("{message}\n"),
         )
-            .into_response()
+            .into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, RETRY_AFTER_SECONDS.into());
+        }
+        response
     }
 }
 
 fn storage_failed(what: &str, error: &StorageError) -> TempoError {
-    tracing::error!(%error, "{what} failed");
-    TempoError::Internal
+    match crate::api::storage_failed(what, error) {
+        QueryError::Unavailable => TempoError::Unavailable,
+        _ => TempoError::Internal,
+    }
 }
 
 fn params(query: Result<QueryString<Vec<(String, String)>>, QueryRejection>) -> Result<Params, TempoError> {
@@ -147,7 +171,7 @@ enum TraceApi {
 }
 
 async fn trace_v2(
-    State(reader): State<TraceReader>,
+    State(Shared { reader, .. }): State<Shared>,
     path: Result<Path<String>, PathRejection>,
     query: Result<QueryString<Vec<(String, String)>>, QueryRejection>,
     headers: HeaderMap,
@@ -156,7 +180,7 @@ async fn trace_v2(
 }
 
 async fn trace_v1(
-    State(reader): State<TraceReader>,
+    State(Shared { reader, .. }): State<Shared>,
     path: Result<Path<String>, PathRejection>,
     query: Result<QueryString<Vec<(String, String)>>, QueryRejection>,
     headers: HeaderMap,
@@ -180,7 +204,10 @@ async fn trace_by_id(
         Ok(_) => return Err(TempoError::NotFound),
         Err(error) => return Err(storage_failed("reading a trace", &error)),
     };
-    Ok(render_trace(&trace, api, wants_protobuf(headers)))
+    let protobuf = wants_protobuf(headers);
+    let mut response = cpu_heavy(trace.spans.len(), || render_trace(&trace, api, protobuf));
+    mark_truncated(&mut response, &trace);
+    Ok(response)
 }
 
 fn render_trace(trace: &StoredTrace, api: TraceApi, protobuf: bool) -> Response {
@@ -271,7 +298,7 @@ async fn find(
             |span, resource| query.may_match_span(span, resource),
             |trace| {
                 inspected.fetch_add(1, Ordering::Relaxed);
-                query.matches_trace(trace)
+                cpu_heavy(trace.spans.len(), || query.matches_trace(trace))
             },
         )
         .await
@@ -280,30 +307,38 @@ async fn find(
 }
 
 async fn search_traces(
-    State(reader): State<TraceReader>,
+    State(Shared { reader, limits }): State<Shared>,
     query: Result<QueryString<Vec<(String, String)>>, QueryRejection>,
-) -> Result<Json<SearchResponse>, TempoError> {
+) -> Result<Response, TempoError> {
     let params = params(query)?;
     let now = tracepost_storage::time::now_unix_nanos();
-    let request = search::parse_request(&params, now).map_err(TempoError::BadRequest)?;
+    let request = search::parse_request(&params, now, &limits).map_err(TempoError::BadRequest)?;
     let window = (request.start_ns, request.end_ns);
     let (traces, inspected) = find(&reader, &request.query, window, request.limit, SearchBudget::default()).await?;
-    Ok(Json(search::response(
-        &traces,
-        &request.query,
-        request.spans_per_span_set,
-        inspected,
-    )))
+    Ok(cpu_heavy(span_count(&traces), || {
+        Json(search::response(
+            &traces,
+            &request.query,
+            request.spans_per_span_set,
+            inspected,
+        ))
+        .into_response()
+    }))
 }
 
 // === tags ===
 
-/// The `q` narrowing a tag request; an invalid or incomplete one is ignored, as Tempo does.
-fn narrowing_query(params: &Params) -> Query {
-    params
-        .get("q")
-        .and_then(|text| Query::parse(text).ok())
-        .unwrap_or_else(Query::match_all)
+/// The `q` narrowing a tag request; an invalid or incomplete one is ignored, as Tempo does (Grafana sends what
+/// the user is typing), but one over a limit is refused.
+fn narrowing_query(params: &Params, limits: &QueryLimits) -> Result<Query, TempoError> {
+    match params.get("q").map(|text| Query::parse_with(text, limits.traceql())) {
+        None => Ok(Query::match_all()),
+        Some(Ok(query)) => Ok(query),
+        Some(Err(error)) if error.is_limit_exceeded() => {
+            Err(TempoError::BadRequest(format!("invalid TraceQL query: {error}")))
+        }
+        Some(Err(_)) => Ok(Query::match_all()),
+    }
 }
 
 fn tag_limit(params: &Params) -> usize {
@@ -344,12 +379,12 @@ async fn sample(reader: &TraceReader, query: &Query, params: &Params) -> Result<
 }
 
 async fn search_tags(
-    State(reader): State<TraceReader>,
+    State(Shared { reader, limits }): State<Shared>,
     query: Result<QueryString<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<TagsResponse>, TempoError> {
     let params = params(query)?;
     let scopes = tags::scopes(params.get("scope"));
-    let query = narrowing_query(&params);
+    let query = narrowing_query(&params, &limits)?;
     let sample = if tags::need_sample(&scopes) {
         sample(&reader, &query, &params).await?
     } else {
@@ -359,14 +394,14 @@ async fn search_tags(
 }
 
 async fn search_tag_values(
-    State(reader): State<TraceReader>,
+    State(Shared { reader, limits }): State<Shared>,
     path: Result<Path<String>, PathRejection>,
     query: Result<QueryString<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<TagValuesResponse>, TempoError> {
     let Path(tag) = path.map_err(|rejection| TempoError::BadRequest(rejection.body_text()))?;
     let params = params(query)?;
     let limit = tag_limit(&params);
-    let query = narrowing_query(&params);
+    let query = narrowing_query(&params, &limits)?;
     let response = match tags::source(&tag) {
         Source::Services => tags::string_values(services(&reader, &query).await?, limit),
         Source::SpanNames => tags::string_values(span_names(&reader, &query, limit).await?, limit),
@@ -468,8 +503,15 @@ mod tests {
 
     #[test]
     fn tag_requests_ignore_bad_queries_and_limits() {
-        assert!(narrowing_query(&params(&[("q", "{ resource.service.name = ")])).is_match_all());
-        assert!(!narrowing_query(&params(&[("q", r#"{resource.service.name="a"}"#)])).is_match_all());
+        let narrowing = |q: &str| narrowing_query(&params(&[("q", q)]), &QueryLimits::default());
+        assert!(narrowing("{ resource.service.name = ").expect("ignored").is_match_all());
+        assert!(!narrowing(r#"{resource.service.name="a"}"#)
+            .expect("valid")
+            .is_match_all());
+        let too_deep = format!("{{{}", "(".repeat(100));
+        assert!(
+            matches!(narrowing(&too_deep), Err(TempoError::BadRequest(message)) if message.contains("nested more than"))
+        );
         assert_eq!(tag_limit(&params(&[("limit", "5000"), ("tag", "name")])), 5000);
         assert_eq!(tag_limit(&params(&[("limit", "-1")])), DEFAULT_TAG_LIMIT);
         assert_eq!(tag_limit(&params(&[("limit", "7")])), 7);

@@ -24,7 +24,13 @@ pub struct DatabaseConfig {
     pub pool_size: usize,
     /// How long to wait for a connection to be established.
     pub connect_timeout: Duration,
+    /// Longest time any one statement may run on a pooled connection before PostgreSQL cancels it (SQLSTATE 57014); `None` leaves the server's setting.
+    pub statement_timeout: Option<Duration>,
 }
+
+/// The default [`DatabaseConfig::statement_timeout`]: longer than any query the API should make, shorter than
+/// a client waits.
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl DatabaseConfig {
     pub fn new(url: impl Into<String>) -> Self {
@@ -33,6 +39,7 @@ impl DatabaseConfig {
             ca_file: None,
             pool_size: 8,
             connect_timeout: Duration::from_secs(5),
+            statement_timeout: Some(DEFAULT_STATEMENT_TIMEOUT),
         }
     }
 }
@@ -51,6 +58,10 @@ pub enum ConnectError {
 pub fn connect_pool(config: &DatabaseConfig) -> Result<Pool, ConnectError> {
     let (mut pg_config, verify_mode) = parse_url(&config.url)?;
     pg_config.connect_timeout(config.connect_timeout);
+    if let Some(timeout) = config.statement_timeout {
+        let options = with_statement_timeout(pg_config.get_options(), timeout);
+        pg_config.options(&options);
+    }
     if pg_config.get_application_name().is_none() {
         pg_config.application_name("tracepost");
     }
@@ -69,6 +80,18 @@ pub fn connect_pool(config: &DatabaseConfig) -> Result<Pool, ConnectError> {
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .build()
         .map_err(|error| ConnectError::Pool(error.to_string()))
+}
+
+/// The startup `options` with `-c statement_timeout=<ms>` added (after any the URL gave, so it wins), applied
+/// by the server to every statement of the session. A timeout below a millisecond counts as one: 0 would mean
+/// none.
+fn with_statement_timeout(options: Option<&str>, timeout: Duration) -> String {
+    let millis = timeout.as_millis().clamp(1, i32::MAX as u128);
+    let setting = format!("-c statement_timeout={millis}");
+    match options.map(str::trim).filter(|options| !options.is_empty()) {
+        Some(options) => format!("{options} {setting}"),
+        None => setting,
+    }
 }
 
 /// Whether the URL itself asked for certificate verification (`sslmode=verify-ca` / `verify-full`).
@@ -186,6 +209,22 @@ mod tests {
         assert_eq!(mode, VerifyMode::Required);
         let error = tls_config(None, VerifyMode::Required).expect_err("no ca file");
         assert!(error.to_string().contains("--database-ca-file"), "{error}");
+    }
+
+    #[test]
+    fn the_statement_timeout_is_a_startup_option_after_the_urls_own() {
+        assert_eq!(
+            DatabaseConfig::new("postgres://u@h/db").statement_timeout,
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            with_statement_timeout(None, Duration::from_secs(10)),
+            "-c statement_timeout=10000"
+        );
+        assert_eq!(
+            with_statement_timeout(Some("-c search_path=tp"), Duration::from_micros(10)),
+            "-c search_path=tp -c statement_timeout=1"
+        );
     }
 
     #[test]

@@ -12,9 +12,11 @@ pub mod schema;
 pub mod time;
 pub mod writer;
 
-pub use db::{connect_pool, ConnectError, DatabaseConfig};
+pub use db::{connect_pool, ConnectError, DatabaseConfig, DEFAULT_STATEMENT_TIMEOUT};
 pub use deadpool_postgres::Pool;
-pub use reader::{DependencyLink, SearchBudget, SpanFilter, StoredTrace, TimeRange, TraceReader};
+pub use reader::{
+    DependencyLink, SearchBudget, SpanFilter, StoredTrace, TimeRange, TraceReader, DEFAULT_MAX_SPANS_PER_TRACE,
+};
 pub use writer::{EncodedSpans, OperationRow, ResourceRow, SpanWriter};
 
 /// Why a storage call failed.
@@ -34,6 +36,36 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// True when the database could not answer, rather than answered wrongly: unreachable, the pool's wait for
+    /// a connection timed out, the connection was lost, the server is shutting down or out of connections, or
+    /// a statement was cancelled (its statement timeout, SQLSTATE 57014). Worth retrying later (HTTP 503).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Pool(_) => true,
+            Self::Db(error) => match error.as_db_error() {
+                Some(db) => {
+                    let code = db.code().code();
+                    // 08: connection exception; 53: insufficient resources (too many connections);
+                    // 57014: query_canceled; 57P01-57P05: shutdown, crash, cannot connect now, idle timeouts.
+                    code.starts_with("08") || code.starts_with("53") || code == "57014" || code.starts_with("57P")
+                }
+                // No server error: the connection itself failed (closed, refused, timed out, TLS).
+                None => {
+                    error.is_closed()
+                        || std::error::Error::source(error).is_some_and(|source| source.is::<std::io::Error>())
+                        || [
+                            "error connecting to server",
+                            "timeout waiting for server",
+                            "error performing TLS handshake",
+                        ]
+                        .iter()
+                        .any(|prefix| error.to_string().starts_with(prefix))
+                }
+            },
+            Self::Migration { .. } | Self::Corrupt(_) => false,
+        }
+    }
+
     /// True when retrying the same data cannot succeed (PostgreSQL refused a value, not a connection).
     pub fn is_data_error(&self) -> bool {
         let Self::Db(error) = self else { return false };
@@ -61,5 +93,21 @@ pub fn describe_db_error(error: &tokio_postgres::Error) -> String {
             Some(source) => format!("{error}: {source}"),
             None => error.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_failures_are_unavailable_and_corrupt_rows_are_not() {
+        assert!(StorageError::Pool("timed out waiting for a connection".into()).is_unavailable());
+        assert!(!StorageError::Corrupt("bad detail".into()).is_unavailable());
+        assert!(!StorageError::Migration {
+            version: 1,
+            reason: "syntax".into()
+        }
+        .is_unavailable());
     }
 }

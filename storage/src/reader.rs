@@ -1,9 +1,11 @@
 //! Reading traces back: by ID, by search, and the services, operations and dependencies lists.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
+use prometheus_client::metrics::counter::Counter;
 use prost::Message;
 use tokio_postgres::Row;
 
@@ -17,6 +19,8 @@ pub struct StoredTrace {
     pub trace_id: TraceId,
     pub spans: Vec<StoredSpan>,
     pub resources: HashMap<i64, StoredResource>,
+    /// More spans are stored than the reader's per-trace limit; `spans` holds the first ones by start time.
+    pub truncated: bool,
 }
 
 impl StoredTrace {
@@ -111,15 +115,134 @@ const TRACE_SLACK_NS: i64 = 10 * 60 * 1_000_000_000;
 const SPAN_COLUMNS: &str =
     "trace_id, span_id, parent_span_id, start_ns, service, name, kind, status, cluster, resource_id, detail";
 
-/// Reads traces. Cheap to clone.
+/// The default [`TraceReader::max_spans_per_trace`].
+pub const DEFAULT_MAX_SPANS_PER_TRACE: usize = 10_000;
+
+/// Reads traces. Cheap to clone; clones share the undecodable-row counter and its log limiter.
+///
+/// A stored row it cannot decode (a span's `detail`, a resource's body, a malformed trace ID) never fails an
+/// answer: the row is left out, counted in [`TraceReader::undecodable_rows`] and logged once per trace ID.
 #[derive(Clone, Debug)]
 pub struct TraceReader {
     pool: Pool,
+    max_spans_per_trace: usize,
+    undecodable: Counter,
+    log_limiter: Arc<Mutex<LogLimiter>>,
 }
 
 impl TraceReader {
+    /// A reader returning at most [`DEFAULT_MAX_SPANS_PER_TRACE`] spans per trace.
     pub fn new(pool: Pool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            max_spans_per_trace: DEFAULT_MAX_SPANS_PER_TRACE,
+            undecodable: Counter::default(),
+            log_limiter: Arc::default(),
+        }
+    }
+
+    /// Stored rows left out of answers because they could not be decoded, since start; register it as
+    /// `tracepost_stored_rows_undecodable` (a counter, so `_total` in the exposition).
+    pub fn undecodable_rows(&self) -> Counter {
+        self.undecodable.clone()
+    }
+
+    /// Counts a row that could not be decoded and logs it, once per trace ID and at most
+    /// [`LogLimiter::PER_MINUTE`] times a minute.
+    fn skip_undecodable(&self, what: &str, trace_id: Option<&[u8]>, resource_id: Option<i64>, error: &StorageError) {
+        self.undecodable.inc();
+        let trace = trace_id.map(hex).unwrap_or_default();
+        let key = match resource_id {
+            Some(id) => format!("resource {id}"),
+            None => trace.clone(),
+        };
+        let decision = self
+            .log_limiter
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .admit(&key, Instant::now());
+        if let Some(suppressed) = decision {
+            tracing::warn!(
+                trace_id = %trace,
+                resource_id,
+                %error,
+                suppressed_since_last = suppressed,
+                "left an undecodable stored {what} out of the answer"
+            );
+        }
+    }
+
+    /// The spans of `rows`, leaving out (and counting) those that cannot be decoded.
+    fn decode_spans(&self, rows: &[Row]) -> Vec<StoredSpan> {
+        rows.iter()
+            .filter_map(|row| match span_from_row(row) {
+                Ok(span) => Some(span),
+                Err(error) => {
+                    self.skip_undecodable("span", row.try_get::<_, &[u8]>(0).ok(), None, &error);
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// The resources of `resource_ids`; one whose body cannot be decoded is left out (and counted), so its
+    /// spans show without resource attributes.
+    async fn load_resources(
+        &self,
+        client: &tokio_postgres::Client,
+        resource_ids: &[i64],
+    ) -> Result<HashMap<i64, StoredResource>, StorageError> {
+        if resource_ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows = client
+            .query(
+                "SELECT DISTINCT ON (resource_id) resource_id, service, cluster, body
+                 FROM resources WHERE resource_id = ANY($1)",
+                &[&resource_ids],
+            )
+            .await?;
+        let mut resources = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let id: i64 = row.get(0);
+            let body: &[u8] = row.get(3);
+            let resource = match Resource::decode(body) {
+                Ok(resource) => resource,
+                Err(error) => {
+                    self.skip_undecodable("resource", None, Some(id), &StorageError::Corrupt(error.to_string()));
+                    continue;
+                }
+            };
+            resources.insert(
+                id,
+                StoredResource {
+                    id,
+                    service_name: row.get(1),
+                    cluster: row.get(2),
+                    resource,
+                },
+            );
+        }
+        Ok(resources)
+    }
+
+    /// The same reader, returning at most `max` spans per trace (at least 1): the first by start time, the trace
+    /// marked [`StoredTrace::truncated`]. The limit is applied in SQL, so a huge trace is never read whole.
+    pub fn with_max_spans_per_trace(mut self, max: usize) -> Self {
+        self.max_spans_per_trace = max.max(1);
+        self
+    }
+
+    /// Spans returned per trace at most.
+    pub fn max_spans_per_trace(&self) -> usize {
+        self.max_spans_per_trace
+    }
+
+    /// Rows asked of PostgreSQL per trace: one more than kept, to tell a truncated trace from a full one.
+    fn spans_per_trace_query_limit(&self) -> i64 {
+        i64::try_from(self.max_spans_per_trace)
+            .unwrap_or(i64::MAX)
+            .saturating_add(1)
     }
 
     /// Fetches one trace. `None` when no span of it is stored.
@@ -127,7 +250,9 @@ impl TraceReader {
         Ok(self.get_traces(&[trace_id], range).await?.pop())
     }
 
-    /// Fetches traces by ID, in the order asked; IDs with no stored span are left out.
+    /// Fetches traces by ID, in the order asked; IDs with no stored span are left out. Each trace holds at most
+    /// [`TraceReader::max_spans_per_trace`] spans, the first by start time, and says when it holds fewer than
+    /// are stored.
     ///
     /// Spans are deduplicated here, on read: a client that retried an export whose acknowledgement it lost
     /// may have stored the same (trace ID, span ID) twice, and the first copy wins.
@@ -136,26 +261,42 @@ impl TraceReader {
             return Ok(Vec::new());
         }
         let client = self.pool.get().await?;
+        // One index lookup per trace, each cut to the limit (plus one) by PostgreSQL's top-N sort.
         let statement = client
             .prepare_cached(&format!(
-                "SELECT {SPAN_COLUMNS} FROM spans
-                 WHERE trace_id = ANY($1) AND start_ns >= $2 AND start_ns <= $3
-                 ORDER BY start_ns, span_id"
+                "SELECT c.* FROM unnest($1::bytea[]) AS t(id) CROSS JOIN LATERAL (
+                     SELECT {SPAN_COLUMNS} FROM spans
+                     WHERE trace_id = t.id AND start_ns >= $2 AND start_ns <= $3
+                     ORDER BY start_ns, span_id LIMIT $4) c
+                 ORDER BY c.start_ns, c.span_id"
             ))
             .await?;
         let ids: Vec<&[u8]> = trace_ids.iter().map(|id| id.0.as_slice()).collect();
         let rows = client
             .query(
                 &statement,
-                &[&ids, &range.start.unwrap_or(i64::MIN), &range.end.unwrap_or(i64::MAX)],
+                &[
+                    &ids,
+                    &range.start.unwrap_or(i64::MIN),
+                    &range.end.unwrap_or(i64::MAX),
+                    &self.spans_per_trace_query_limit(),
+                ],
             )
             .await?;
         let mut by_trace: HashMap<TraceId, Vec<StoredSpan>> = HashMap::new();
+        let mut rows_per_trace: HashMap<TraceId, usize> = HashMap::new();
         let mut seen = HashSet::with_capacity(rows.len());
-        for row in &rows {
-            let span = span_from_row(row)?;
+        for span in self.decode_spans(&rows) {
+            *rows_per_trace.entry(span.span.trace_id).or_default() += 1;
             if seen.insert((span.span.trace_id, span.span.span_id)) {
                 by_trace.entry(span.span.trace_id).or_default().push(span);
+            }
+        }
+        let mut truncated = HashSet::new();
+        for (trace_id, spans) in &mut by_trace {
+            if rows_per_trace.get(trace_id).copied().unwrap_or(0) > self.max_spans_per_trace {
+                spans.truncate(self.max_spans_per_trace);
+                truncated.insert(*trace_id);
             }
         }
         let resource_ids: Vec<i64> = by_trace
@@ -165,7 +306,7 @@ impl TraceReader {
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
-        let resources = load_resources(&client, &resource_ids).await?;
+        let resources = self.load_resources(&client, &resource_ids).await?;
         let mut traces = Vec::with_capacity(by_trace.len());
         for trace_id in trace_ids {
             let Some(spans) = by_trace.remove(trace_id) else {
@@ -183,6 +324,7 @@ impl TraceReader {
                 trace_id: *trace_id,
                 spans,
                 resources,
+                truncated: truncated.contains(trace_id),
             });
         }
         Ok(traces)
@@ -205,11 +347,12 @@ impl TraceReader {
     ) -> Result<Vec<(String, SpanKind)>, StorageError> {
         let client = self.pool.get().await?;
         let kind = kind.map(|kind| kind as i16);
+        let service = sanitize_text(service);
         let rows = client
             .query(
                 "SELECT name, kind FROM operations WHERE service = $1 AND ($2::int2 IS NULL OR kind = $2)
                  ORDER BY name, kind",
-                &[&service, &kind],
+                &[&service.as_ref(), &kind],
             )
             .await?;
         Ok(rows
@@ -255,10 +398,18 @@ impl TraceReader {
         trace_matches: impl Fn(&StoredTrace) -> bool,
     ) -> Result<Vec<StoredTrace>, StorageError> {
         let started = Instant::now();
-        let services = match &filter.services {
-            Some(services) => services.clone(),
+        // Text columns hold NUL as U+FFFD (PostgreSQL refuses NUL in text), so parameters do too.
+        let services: Vec<String> = match &filter.services {
+            Some(services) => services
+                .iter()
+                .map(|service| sanitize_text(service).into_owned())
+                .collect(),
             None => self.services().await?,
         };
+        let operation = filter
+            .operation
+            .as_deref()
+            .map(|operation| sanitize_text(operation).into_owned());
         if services.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
@@ -292,7 +443,7 @@ impl TraceReader {
                         &services,
                         &filter.start_min_ns,
                         &upper,
-                        &filter.operation,
+                        &operation,
                         &filter.min_duration_ns.unwrap_or(0),
                         &filter.max_duration_ns.unwrap_or(i64::MAX),
                         &page_spans,
@@ -301,7 +452,7 @@ impl TraceReader {
                 .await?;
             let exhausted = (rows.len() as i64) < page_spans;
             page_spans = page_spans.saturating_mul(2).min(budget.page_spans.max(1));
-            let candidates = rows.iter().map(span_from_row).collect::<Result<Vec<_>, _>>()?;
+            let candidates = self.decode_spans(&rows);
             let missing: Vec<i64> = candidates
                 .iter()
                 .map(|span| span.resource_id)
@@ -309,7 +460,7 @@ impl TraceReader {
                 .collect::<HashSet<_>>()
                 .into_iter()
                 .collect();
-            resources.extend(load_resources(&client, &missing).await?);
+            resources.extend(self.load_resources(&client, &missing).await?);
             drop(client);
 
             let lowest = candidates.iter().map(|span| span.span.start_time_unix_nano).min();
@@ -392,7 +543,13 @@ impl TraceReader {
                 let start: i64 = row.get(1);
                 lowest = lowest.min(start);
                 highest = highest.max(start);
-                let trace_id = trace_id_from(row.get(0))?;
+                let trace_id = match trace_id_from(row.get(0)) {
+                    Ok(trace_id) => trace_id,
+                    Err(error) => {
+                        self.skip_undecodable("operation index entry", row.try_get(0).ok(), None, &error);
+                        continue;
+                    }
+                };
                 if examined.insert(trace_id) {
                     candidates.push(trace_id);
                 }
@@ -402,23 +559,27 @@ impl TraceReader {
                 let range_start = lowest.saturating_sub(TRACE_SLACK_NS);
                 let range_end = highest.saturating_add(TRACE_SLACK_NS);
                 let client = self.pool.get().await?;
+                // At most the per-trace limit of that operation's spans per trace, the first by start time, so a
+                // huge trace is never read whole.
                 let statement: &str = &format!(
-                    "SELECT {SPAN_COLUMNS} FROM spans
-                         WHERE trace_id = ANY($1) AND start_ns >= $2 AND start_ns <= $3 AND name = $4
-                         ORDER BY start_ns DESC"
+                    "SELECT c.* FROM unnest($1::bytea[]) AS t(id) CROSS JOIN LATERAL (
+                         SELECT {SPAN_COLUMNS} FROM spans
+                         WHERE trace_id = t.id AND start_ns >= $2 AND start_ns <= $3 AND name = $4
+                         ORDER BY start_ns LIMIT $5) c"
                 );
                 let ids: Vec<&[u8]> = candidates.iter().map(|id| id.0.as_slice()).collect();
+                let per_trace = self.spans_per_trace_query_limit();
                 let rows = client
-                    .query(statement, &[&ids, &range_start, &range_end, &operation])
+                    .query(statement, &[&ids, &range_start, &range_end, &operation, &per_trace])
                     .await?;
-                let spans = rows.iter().map(span_from_row).collect::<Result<Vec<_>, _>>()?;
+                let spans = self.decode_spans(&rows);
                 let resource_ids: Vec<i64> = spans
                     .iter()
                     .map(|span| span.resource_id)
                     .collect::<HashSet<_>>()
                     .into_iter()
                     .collect();
-                let resources = load_resources(&client, &resource_ids).await?;
+                let resources = self.load_resources(&client, &resource_ids).await?;
                 drop(client);
                 let matched: HashSet<TraceId> = spans
                     .iter()
@@ -484,34 +645,65 @@ fn span_from_row(row: &Row) -> Result<StoredSpan, StorageError> {
     })
 }
 
-async fn load_resources(
-    client: &tokio_postgres::Client,
-    resource_ids: &[i64],
-) -> Result<HashMap<i64, StoredResource>, StorageError> {
-    if resource_ids.is_empty() {
-        return Ok(HashMap::new());
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Decides which undecodable rows are logged: each trace (or resource) ID once (among the last [`LogLimiter::REMEMBERED`]),
+/// and at most [`LogLimiter::PER_MINUTE`] lines a minute, so a flood of bad rows cannot flood the log.
+#[derive(Debug, Default)]
+struct LogLimiter {
+    logged: HashSet<String>,
+    window_start: Option<Instant>,
+    in_window: u32,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    const PER_MINUTE: u32 = 10;
+    const REMEMBERED: usize = 4096;
+
+    /// `Some(rows suppressed since the last line)` when this row is to be logged.
+    fn admit(&mut self, trace: &str, now: Instant) -> Option<u64> {
+        if self
+            .window_start
+            .is_none_or(|start| now.duration_since(start) >= Duration::from_secs(60))
+        {
+            self.window_start = Some(now);
+            self.in_window = 0;
+        }
+        if self.logged.contains(trace) || self.in_window >= Self::PER_MINUTE {
+            self.suppressed += 1;
+            return None;
+        }
+        if self.logged.len() >= Self::REMEMBERED {
+            self.logged.clear();
+        }
+        self.logged.insert(trace.to_owned());
+        self.in_window += 1;
+        Some(std::mem::take(&mut self.suppressed))
     }
-    let rows = client
-        .query(
-            "SELECT DISTINCT ON (resource_id) resource_id, service, cluster, body
-             FROM resources WHERE resource_id = ANY($1)",
-            &[&resource_ids],
-        )
-        .await?;
-    let mut resources = HashMap::with_capacity(rows.len());
-    for row in rows {
-        let id: i64 = row.get(0);
-        let body: &[u8] = row.get(3);
-        let resource = Resource::decode(body).map_err(|error| StorageError::Corrupt(error.to_string()))?;
-        resources.insert(
-            id,
-            StoredResource {
-                id,
-                service_name: row.get(1),
-                cluster: row.get(2),
-                resource,
-            },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn undecodable_rows_are_logged_once_per_trace_and_ten_times_a_minute() {
+        let mut limiter = LogLimiter::default();
+        let start = Instant::now();
+        assert_eq!(limiter.admit("aa", start), Some(0));
+        assert_eq!(limiter.admit("aa", start), None, "the same trace again");
+        let admitted = (0..20)
+            .filter(|index| limiter.admit(&format!("t{index}"), start).is_some())
+            .count();
+        assert_eq!(admitted, 9, "ten lines in the first minute");
+        let next_minute = start + Duration::from_secs(60);
+        assert_eq!(
+            limiter.admit("bb", next_minute),
+            Some(11),
+            "the next line says how many were left out"
         );
     }
-    Ok(resources)
 }

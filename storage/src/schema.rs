@@ -49,13 +49,24 @@ const VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS tracepost_schema_migrati
     applied_at timestamptz NOT NULL DEFAULT now()
 )";
 
-/// Applies pending migrations and returns the versions applied now.
+/// Applies pending migrations and returns the versions applied now. The pool's statement timeout does not
+/// apply: a migration, or waiting for another replica's, may take longer.
 pub async fn migrate(pool: &Pool) -> Result<Vec<i32>, StorageError> {
     let mut client = pool.get().await?;
+    client.batch_execute("SET statement_timeout = 0").await?;
+    let outcome = migrate_locked(&mut client).await;
+    // Back to the connection's own setting before it returns to the pool.
+    let reset = client.batch_execute("RESET statement_timeout").await;
+    let applied = outcome?;
+    reset?;
+    Ok(applied)
+}
+
+async fn migrate_locked(client: &mut deadpool_postgres::Client) -> Result<Vec<i32>, StorageError> {
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await?;
-    let outcome = apply_pending(&mut client).await;
+    let outcome = apply_pending(client).await;
     let unlock = client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
         .await;

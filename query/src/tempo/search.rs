@@ -8,6 +8,7 @@ use tracepost_storage::{SpanFilter, StoredTrace};
 use super::format::{
     Attribute, AttributeValue, SearchMetrics, SearchResponse, SearchSpan, SpanSet, TraceSearchMetadata,
 };
+use crate::limits::QueryLimits;
 use crate::params::{parse_go_duration, Params};
 use crate::traceql::{self, kind_keyword, span_status, Comparison, Field, Op, Operand, Query};
 
@@ -60,12 +61,14 @@ pub(crate) fn window_nanos(window: Option<(i64, i64)>, now_ns: i64) -> (i64, i64
 }
 
 /// Parses the parameters in Tempo's order, with Tempo's messages.
-pub(crate) fn parse_request(params: &Params, now_ns: i64) -> Result<SearchRequest, String> {
+pub(crate) fn parse_request(params: &Params, now_ns: i64, limits: &QueryLimits) -> Result<SearchRequest, String> {
     let start = seconds(params, "start")?;
     let end = seconds(params, "end")?;
     let text = params.get("q");
     let mut query = match text {
-        Some(text) => Query::parse(text).map_err(|error| format!("invalid TraceQL query: {error}"))?,
+        Some(text) => {
+            Query::parse_with(text, limits.traceql()).map_err(|error| format!("invalid TraceQL query: {error}"))?
+        }
         None => Query::match_all(),
     };
     if let Some(tags) = params.get("tags") {
@@ -112,7 +115,14 @@ pub(crate) fn parse_request(params: &Params, now_ns: i64) -> Result<SearchReques
         Ok(usize::try_from(number).unwrap_or(usize::MAX))
     };
     let limit = positive("limit", DEFAULT_LIMIT)?;
+    limits.check_traces("limit", limit)?;
     let spans_per_span_set = positive("spss", DEFAULT_SPANS_PER_SPAN_SET)?;
+    if spans_per_span_set > limits.max_spans_per_span_set {
+        return Err(format!(
+            "spss={spans_per_span_set} is over the limit of {} spans per span set: ask for fewer",
+            limits.max_spans_per_span_set
+        ));
+    }
     let window = if start == 0 && end == 0 {
         None
     } else if end <= start {
@@ -137,7 +147,14 @@ pub(crate) fn parse_request(params: &Params, now_ns: i64) -> Result<SearchReques
 fn legacy_tag(key: String, value: String) -> Comparison {
     let field = match key.as_str() {
         "name" => Field::Name,
-        traceql::SERVICE_NAME => Field::Resource(key),
+        // The derived service name is stored with NUL as U+FFFD.
+        traceql::SERVICE_NAME => {
+            return Comparison::new(
+                Field::Resource(key),
+                Op::Eq,
+                Operand::Str(tracepost_storage::copy::sanitize_text(&value).into_owned()),
+            );
+        }
         _ => Field::Unscoped(key),
     };
     Comparison::new(field, Op::Eq, Operand::Str(value))
@@ -362,6 +379,7 @@ mod tests {
                 ("start", "1754038800"),
             ]),
             NOW,
+            &QueryLimits::default(),
         )
         .expect("valid");
         assert_eq!(request.start_ns, 1_754_038_800_000_000_000);
@@ -384,18 +402,23 @@ mod tests {
 
     #[test]
     fn defaults_are_the_last_hour_20_traces_and_3_spans() {
-        let request = parse_request(&params(&[]), NOW).expect("valid");
+        let request = parse_request(&params(&[]), NOW, &QueryLimits::default()).expect("valid");
         assert!(request.query.is_match_all());
         assert_eq!((request.start_ns, request.end_ns), (NOW - DEFAULT_WINDOW_NS, NOW));
         assert_eq!((request.limit, request.spans_per_span_set), (20, 3));
-        let request = parse_request(&params(&[("q", ""), ("start", "0"), ("end", "0"), ("tag", "x")]), NOW)
-            .expect("empty values count as absent");
+        let request = parse_request(
+            &params(&[("q", ""), ("start", "0"), ("end", "0"), ("tag", "x")]),
+            NOW,
+            &QueryLimits::default(),
+        )
+        .expect("empty values count as absent");
         assert!(request.query.is_match_all());
     }
 
     #[test]
     fn errors_use_tempo_messages() {
-        let error = |pairs: &[(&str, &str)]| parse_request(&params(pairs), NOW).expect_err("invalid");
+        let error =
+            |pairs: &[(&str, &str)]| parse_request(&params(pairs), NOW, &QueryLimits::default()).expect_err("invalid");
         assert_eq!(
             error(&[("start", "yesterday")]),
             "invalid start: strconv.ParseInt: parsing \"yesterday\": invalid syntax"
@@ -442,6 +465,32 @@ mod tests {
     }
 
     #[test]
+    fn limits_over_the_caps_are_refused_naming_the_cap() {
+        let limits = QueryLimits {
+            max_traces_per_search: 50,
+            max_spans_per_span_set: 10,
+            max_traceql_length: 40,
+            ..QueryLimits::default()
+        };
+        let error = |pairs: &[(&str, &str)]| parse_request(&params(pairs), NOW, &limits).expect_err("over a cap");
+        assert_eq!(
+            error(&[("limit", "51")]),
+            "limit=51 is over the limit of 50 traces per search: ask for fewer, or narrow the search (service, \
+             operation, tags, a shorter time range)"
+        );
+        assert_eq!(
+            error(&[("spss", "11")]),
+            "spss=11 is over the limit of 10 spans per span set: ask for fewer"
+        );
+        assert!(
+            error(&[("q", r#"{ resource.service.name = "a-rather-long-service" }"#)])
+                .starts_with("invalid TraceQL query: the query is 51 bytes long, over the limit of 40 bytes")
+        );
+        let request = parse_request(&params(&[("limit", "50"), ("spss", "10")]), NOW, &limits).expect("at the caps");
+        assert_eq!((request.limit, request.spans_per_span_set), (50, 10));
+    }
+
+    #[test]
     fn legacy_tags_and_durations_become_conditions() {
         let request = parse_request(
             &params(&[
@@ -453,6 +502,7 @@ mod tests {
                 ("maxDuration", "1s"),
             ]),
             NOW,
+            &QueryLimits::default(),
         )
         .expect("valid");
         let trace = fixtures::trace();
@@ -463,8 +513,12 @@ mod tests {
         let filter = span_filter(&request.query, None, 0, 1);
         assert_eq!(filter.services, Some(vec!["cart".to_owned()]));
         assert_eq!(filter.operation.as_deref(), Some("GET /cart"));
-        let request =
-            parse_request(&params(&[("tags", "service.name=cart"), ("minDuration", "1s")]), NOW).expect("valid");
+        let request = parse_request(
+            &params(&[("tags", "service.name=cart"), ("minDuration", "1s")]),
+            NOW,
+            &QueryLimits::default(),
+        )
+        .expect("valid");
         assert!(!request.query.matches_trace(&trace), "the trace lasts 123 ms");
         assert_eq!(
             parse_logfmt(r#" a=1  b="x \"y\"" c= d"#),
