@@ -227,7 +227,7 @@ fn parse_v1_search(params: &Params, now_ns: i64, limits: &QueryLimits) -> Result
     }
     Ok(Search {
         filter: SpanFilter {
-            services: Some(vec![stored_text(service)]),
+            services: Some(vec![stored_service(service)]),
             operation: params.get("operation").map(stored_text),
             min_duration_ns: min_duration.filter(|nanos| *nanos > 0),
             max_duration_ns: max_duration.filter(|nanos| *nanos > 0),
@@ -248,6 +248,11 @@ pub(crate) fn span_count(traces: &[StoredTrace]) -> usize {
 /// NUL in it instead of failing the query.
 fn stored_text(text: &str) -> String {
     tracepost_storage::copy::sanitize_text(text).into_owned()
+}
+
+/// A service name as its column stores it (NUL as U+FFFD, cut to 256 bytes as at ingest).
+fn stored_service(text: &str) -> String {
+    tracepost_storage::limits::label_column(text).into_owned()
 }
 
 /// `tags`: a JSON object of strings, or logfmt (`k=v k2="a b"`).
@@ -536,7 +541,7 @@ fn parse_v3_search(params: &Params, limits: &QueryLimits) -> Result<Search, Quer
         filter: SpanFilter {
             services: params
                 .get_any(&["query.serviceName", "query.service_name"])
-                .map(|(name, _)| vec![stored_text(name)]),
+                .map(|(name, _)| vec![stored_service(name)]),
             operation: params
                 .get_any(&["query.operationName", "query.operation_name"])
                 .map(|(name, _)| stored_text(name)),

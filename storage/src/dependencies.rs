@@ -40,8 +40,16 @@ pub async fn rollup(pool: &Pool, now_ns: i64, retention_ns: i64) -> Result<i64, 
     if !locked {
         return Ok(0);
     }
-    let outcome = rollup_locked(&mut client, now_ns, retention_ns).await;
-    let unlock = client.execute("SELECT pg_advisory_unlock($1)", &[&ROLLUP_LOCK]).await;
+    // Background work, not a query: the pool's statement timeout does not apply to it.
+    let outcome = match client.batch_execute("SET statement_timeout = 0").await {
+        Ok(()) => rollup_locked(&mut client, now_ns, retention_ns).await,
+        Err(error) => Err(error.into()),
+    };
+    let unlock = client
+        .batch_execute(&format!(
+            "RESET statement_timeout; SELECT pg_advisory_unlock({ROLLUP_LOCK})"
+        ))
+        .await;
     let buckets = outcome?;
     unlock?;
     Ok(buckets)

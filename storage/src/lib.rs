@@ -41,7 +41,7 @@ impl StorageError {
     /// a statement was cancelled (its statement timeout, SQLSTATE 57014). Worth retrying later (HTTP 503).
     pub fn is_unavailable(&self) -> bool {
         match self {
-            Self::Pool(_) => true,
+            Self::Pool(_) | Self::Unanswered => true,
             Self::Db(error) => match error.as_db_error() {
                 Some(db) => {
                     let code = db.code().code();

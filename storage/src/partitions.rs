@@ -62,9 +62,16 @@ pub async fn maintain(
     if !locked {
         return Ok(MaintenanceReport::default());
     }
-    let outcome = maintain_locked(&mut client, now_unix_nanos, days_ahead, retention).await;
+    // Background work, not a query: the pool's statement timeout does not apply to it (moving a day's rows
+    // out of the default partition may take a while).
+    let outcome = match client.batch_execute("SET statement_timeout = 0").await {
+        Ok(()) => maintain_locked(&mut client, now_unix_nanos, days_ahead, retention).await,
+        Err(error) => Err(error.into()),
+    };
     let unlock = client
-        .execute("SELECT pg_advisory_unlock($1)", &[&MAINTENANCE_LOCK])
+        .batch_execute(&format!(
+            "RESET statement_timeout; SELECT pg_advisory_unlock({MAINTENANCE_LOCK})"
+        ))
         .await;
     let report = outcome?;
     unlock?;

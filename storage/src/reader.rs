@@ -347,7 +347,7 @@ impl TraceReader {
     ) -> Result<Vec<(String, SpanKind)>, StorageError> {
         let client = self.pool.get().await?;
         let kind = kind.map(|kind| kind as i16);
-        let service = sanitize_text(service);
+        let service = crate::limits::label_column(service);
         let rows = client
             .query(
                 "SELECT name, kind FROM operations WHERE service = $1 AND ($2::int2 IS NULL OR kind = $2)
@@ -402,7 +402,7 @@ impl TraceReader {
         let services: Vec<String> = match &filter.services {
             Some(services) => services
                 .iter()
-                .map(|service| sanitize_text(service).into_owned())
+                .map(|service| crate::limits::label_column(service).into_owned())
                 .collect(),
             None => self.services().await?,
         };

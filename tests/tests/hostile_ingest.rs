@@ -463,3 +463,36 @@ mod url_parts {
         }
     }
 }
+
+/// A resource's service name is copied into every row of its spans, so the column keeps at most 256 bytes of
+/// it: a client cannot make a small request encode into rows many times its size. Searching by the full name
+/// still finds the spans, and the trace shows the name as it was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_name_longer_than_its_column_is_found_by_its_full_name() {
+    let database = TestDatabase::create("long_service").await;
+    let app = serve(&database).await;
+    let service = format!("svc-{}", "x".repeat(1000));
+    let body = request(&service, vec![span(0x51, 1, "long")]).encode_to_vec();
+    let (status, _, _) = post_otlp(&http_endpoint(&app), "application/x-protobuf", None, body).await;
+    assert_eq!(status, 200);
+    let stored: i32 = database
+        .client()
+        .await
+        .query_one("SELECT octet_length(service) FROM spans", &[])
+        .await
+        .expect("query")
+        .get(0);
+    assert_eq!(stored, 256);
+    let (status, found) = get_json(&query_url(&app, &format!("/api/traces?service={service}&lookback=1h"))).await;
+    assert_eq!(status, 200, "{found}");
+    let traces = found["data"].as_array().expect("traces");
+    assert_eq!(traces.len(), 1, "{found}");
+    let process = traces[0]["processes"]
+        .as_object()
+        .expect("processes")
+        .values()
+        .next()
+        .expect("process");
+    assert_eq!(process["serviceName"], service.as_str());
+    app.stop().await.expect("clean shutdown");
+}

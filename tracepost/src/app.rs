@@ -77,6 +77,8 @@ pub struct AppConfig {
     pub metrics_query_url: Option<String>,
     /// Connection limits and timeouts of every listener; TLS and authentication per listener group.
     pub listeners: ListenerConfig,
+    /// Caps on what one query may ask for and return.
+    pub query_limits: tracepost_query::QueryLimits,
 }
 
 impl AppConfig {
@@ -106,6 +108,7 @@ impl AppConfig {
             metrics_push_interval: Duration::from_secs(15),
             metrics_query_url: None,
             listeners: ListenerConfig::default(),
+            query_limits: tracepost_query::QueryLimits::default(),
         }
     }
 }
@@ -256,6 +259,14 @@ pub async fn start(role: Role, config: AppConfig) -> anyhow::Result<App> {
         collector = Some((pipeline, tasks, maintenance));
     }
 
+    let reader = role.queries().then(|| TraceReader::new(pool.clone()));
+    if let Some(reader) = &reader {
+        registry.sub_registry_with_prefix("tracepost").register(
+            "stored_rows_undecodable",
+            "Stored span or resource rows the reader could not decode (left out of answers, logged with their trace ID)",
+            reader.undecodable_rows(),
+        );
+    }
     let registry = Arc::new(registry);
     if let Some(url) = &config.metrics_push_url {
         background.push(tokio::spawn(crate::push::run(
@@ -276,11 +287,10 @@ pub async fn start(role: Role, config: AppConfig) -> anyhow::Result<App> {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .with_state(health);
-    if role.queries() {
+    if let Some(reader) = reader {
         let listener = bind(config.query_listen, "query").await?;
         app_addrs.2 = Some(listener.local_addr()?);
-        let reader = TraceReader::new(pool.clone());
-        let router = tracepost_query::router(reader.clone())
+        let router = tracepost_query::router_with_limits(reader.clone(), config.query_limits.clone())
             .merge(tracepost_query::spm_router(config.metrics_query_url.clone()))
             .merge(health_routes);
         servers.push(serve(listener, router, &edges.query, shutdown_signal.clone()));
@@ -288,7 +298,7 @@ pub async fn start(role: Role, config: AppConfig) -> anyhow::Result<App> {
         app_addrs.4 = Some(tempo.local_addr()?);
         servers.push(serve(
             tempo,
-            tracepost_query::tempo_router(reader),
+            tracepost_query::tempo_router_with_limits(reader, config.query_limits.clone()),
             &edges.query,
             shutdown_signal.clone(),
         ));

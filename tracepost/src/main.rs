@@ -5,10 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand};
 use tracepost::listener::{ListenerConfig, TlsFiles};
 use tracepost::{loadgen, AppConfig, Role};
 use tracepost_collector::{PipelineConfig, RedConfig, RouteRules};
+use tracepost_query::QueryLimits;
 use tracepost_storage::DatabaseConfig;
 
 #[derive(Debug, Parser)]
@@ -54,6 +56,10 @@ struct DatabaseArgs {
     /// PostgreSQL connections in the pool.
     #[arg(long, env = "TRACEPOST_DATABASE_POOL_SIZE", default_value_t = 8)]
     database_pool_size: usize,
+    /// Longest any one statement may run before PostgreSQL cancels it (queries answer 503); writes are bounded
+    /// by --export-timeout instead, migrations and maintenance by none. 0 keeps the server's setting.
+    #[arg(long, env = "TRACEPOST_STATEMENT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    statement_timeout: Duration,
 }
 
 impl DatabaseArgs {
@@ -61,6 +67,7 @@ impl DatabaseArgs {
         let mut config = DatabaseConfig::new(self.database_url.clone());
         config.ca_file = self.database_ca_file.clone();
         config.pool_size = self.database_pool_size;
+        config.statement_timeout = Some(self.statement_timeout).filter(|timeout| !timeout.is_zero());
         config
     }
 }
@@ -199,6 +206,23 @@ struct ServeArgs {
     /// Prometheus-compatible query API (VictoriaMetrics) answering Jaeger SPM's /api/metrics/* routes.
     #[arg(long, env = "TRACEPOST_METRICS_QUERY_URL", hide_env_values = true)]
     metrics_query_url: Option<String>,
+    /// Traces one search may return at most (Jaeger `limit`, api v3 `query.searchDepth`, Tempo `limit`, trace IDs
+    /// per multi-get); asking for more is a 400.
+    #[arg(long, env = "TRACEPOST_MAX_TRACES_PER_SEARCH", default_value_t = QueryLimits::default().max_traces_per_search, value_parser = clap::value_parser!(u32).range(1..=1_000_000).map(|value| value as usize))]
+    max_traces_per_search: usize,
+    /// Spans per span set one Tempo search may return at most (`spss`); asking for more is a 400.
+    #[arg(long, env = "TRACEPOST_MAX_SPANS_PER_SPAN_SET", default_value_t = QueryLimits::default().max_spans_per_span_set, value_parser = clap::value_parser!(u32).range(1..=1_000_000).map(|value| value as usize))]
+    max_spans_per_span_set: usize,
+    /// Spans returned per trace at most; a longer trace is cut to its first spans by start time (with a warning
+    /// on its first span in Jaeger's JSON, a `tracepost-trace-truncated` header elsewhere).
+    #[arg(long, env = "TRACEPOST_MAX_SPANS_PER_TRACE", default_value_t = QueryLimits::default().max_spans_per_trace, value_parser = clap::value_parser!(u32).range(1..=10_000_000).map(|value| value as usize))]
+    max_spans_per_trace: usize,
+    /// Bytes a TraceQL query may have at most; a longer one is a 400.
+    #[arg(long, env = "TRACEPOST_MAX_TRACEQL_LENGTH", default_value_t = QueryLimits::default().max_traceql_length, value_parser = clap::value_parser!(u32).range(1..=1_048_576).map(|value| value as usize))]
+    max_traceql_length: usize,
+    /// Parentheses a TraceQL query may nest at most; a deeper one is a 400.
+    #[arg(long, env = "TRACEPOST_MAX_TRACEQL_DEPTH", default_value_t = QueryLimits::default().max_traceql_depth, value_parser = clap::value_parser!(u32).range(1..=1024).map(|value| value as usize))]
+    max_traceql_depth: usize,
     /// Log format: text or json.
     #[arg(long, env = "TRACEPOST_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -218,6 +242,13 @@ impl ServeArgs {
         config.skip_migrations = self.skip_migrations;
         config.max_request_bytes = self.max_request_bytes;
         config.max_concurrent_requests = self.max_concurrent_requests as usize;
+        config.query_limits = QueryLimits {
+            max_traces_per_search: self.max_traces_per_search,
+            max_spans_per_span_set: self.max_spans_per_span_set,
+            max_spans_per_trace: self.max_spans_per_trace,
+            max_traceql_length: self.max_traceql_length,
+            max_traceql_depth: self.max_traceql_depth,
+        };
         config.body_read_timeout = self.body_read_timeout;
         config.export_timeout = self.export_timeout;
         if !(1024..=1 << 30).contains(&self.max_request_bytes) {

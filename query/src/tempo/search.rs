@@ -152,7 +152,7 @@ fn legacy_tag(key: String, value: String) -> Comparison {
             return Comparison::new(
                 Field::Resource(key),
                 Op::Eq,
-                Operand::Str(tracepost_storage::copy::sanitize_text(&value).into_owned()),
+                Operand::Str(tracepost_storage::limits::label_column(&value).into_owned()),
             );
         }
         _ => Field::Unscoped(key),
