@@ -290,7 +290,7 @@ pub async fn start(role: Role, config: AppConfig) -> anyhow::Result<App> {
     if let Some(reader) = reader {
         let listener = bind(config.query_listen, "query").await?;
         app_addrs.2 = Some(listener.local_addr()?);
-        let router = tracepost_query::router_with_limits(reader.clone(), config.query_limits.clone())
+        let router = tracepost_query::router_with_limits(reader.clone(), config.query_limits)
             .merge(tracepost_query::spm_router(config.metrics_query_url.clone()))
             .merge(health_routes);
         servers.push(serve(listener, router, &edges.query, shutdown_signal.clone()));
@@ -298,7 +298,7 @@ pub async fn start(role: Role, config: AppConfig) -> anyhow::Result<App> {
         app_addrs.4 = Some(tempo.local_addr()?);
         servers.push(serve(
             tempo,
-            tracepost_query::tempo_router_with_limits(reader, config.query_limits.clone()),
+            tracepost_query::tempo_router_with_limits(reader, config.query_limits),
             &edges.query,
             shutdown_signal.clone(),
         ));
