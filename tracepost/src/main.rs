@@ -54,7 +54,7 @@ struct DatabaseArgs {
     #[arg(long, env = "TRACEPOST_DATABASE_CA_FILE")]
     database_ca_file: Option<PathBuf>,
     /// PostgreSQL connections in the pool.
-    #[arg(long, env = "TRACEPOST_DATABASE_POOL_SIZE", default_value_t = 8)]
+    #[arg(long, env = "TRACEPOST_DATABASE_POOL_SIZE", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1000).map(usize::from))]
     database_pool_size: usize,
     /// Longest any one statement may run before PostgreSQL cancels it (queries answer 503); writes are bounded
     /// by --export-timeout instead, migrations and maintenance by none. 0 keeps the server's setting.
@@ -150,22 +150,22 @@ struct ServeArgs {
     #[arg(long, env = "TRACEPOST_MAX_OPERATIONS_PER_SERVICE", default_value_t = tracepost_collector::catalog::DEFAULT_MAX_OPERATIONS_PER_SERVICE)]
     max_operations_per_service: usize,
     /// Encoded span bytes admitted and not yet committed, at most; beyond it requests are refused as overloaded.
-    #[arg(long, env = "TRACEPOST_MAX_INFLIGHT_BYTES", default_value_t = PipelineConfig::default().max_inflight_bytes)]
+    #[arg(long, env = "TRACEPOST_MAX_INFLIGHT_BYTES", default_value_t = PipelineConfig::default().max_inflight_bytes, value_parser = clap::value_parser!(u64).range(1 << 20..=1 << 40).map(|value| value as usize))]
     max_inflight_bytes: usize,
     /// How long a request may wait for admission before it is refused (e.g. 1s, 500ms).
     #[arg(long, env = "TRACEPOST_ADMISSION_WAIT", default_value = "1s", value_parser = parse_duration)]
     admission_wait: Duration,
     /// Flush a batch when it holds this many spans.
-    #[arg(long, env = "TRACEPOST_BATCH_MAX_SPANS", default_value_t = PipelineConfig::default().batch_max_spans)]
+    #[arg(long, env = "TRACEPOST_BATCH_MAX_SPANS", default_value_t = PipelineConfig::default().batch_max_spans, value_parser = clap::value_parser!(u32).range(1..=1_000_000).map(|value| value as usize))]
     batch_max_spans: usize,
     /// Flush a batch when it holds this many encoded bytes.
-    #[arg(long, env = "TRACEPOST_BATCH_MAX_BYTES", default_value_t = PipelineConfig::default().batch_max_bytes)]
+    #[arg(long, env = "TRACEPOST_BATCH_MAX_BYTES", default_value_t = PipelineConfig::default().batch_max_bytes, value_parser = clap::value_parser!(u32).range(1024..=1 << 30).map(|value| value as usize))]
     batch_max_bytes: usize,
     /// Flush a batch when its oldest request has waited this long.
     #[arg(long, env = "TRACEPOST_BATCH_MAX_AGE", default_value = "100ms", value_parser = parse_duration)]
     batch_max_age: Duration,
     /// Concurrent batch writers (one PostgreSQL connection each while writing).
-    #[arg(long, env = "TRACEPOST_WRITERS", default_value_t = PipelineConfig::default().writers)]
+    #[arg(long, env = "TRACEPOST_WRITERS", default_value_t = PipelineConfig::default().writers, value_parser = clap::value_parser!(u16).range(1..=64).map(usize::from))]
     writers: usize,
     /// How long a failed batch is retried before its requests get a retryable error.
     #[arg(long, env = "TRACEPOST_WRITE_RETRY_BUDGET", default_value = "5s", value_parser = parse_duration)]
@@ -174,7 +174,7 @@ struct ServeArgs {
     #[arg(long, env = "TRACEPOST_SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration)]
     shutdown_grace: Duration,
     /// Daily partitions created ahead of today.
-    #[arg(long, env = "TRACEPOST_PARTITION_DAYS_AHEAD", default_value_t = 2)]
+    #[arg(long, env = "TRACEPOST_PARTITION_DAYS_AHEAD", default_value_t = 2, value_parser = clap::value_parser!(i32).range(0..=60))]
     partition_days_ahead: i32,
     /// Do not compute RED metrics and the service graph at ingest.
     #[arg(long, env = "TRACEPOST_DISABLE_SPAN_METRICS")]
