@@ -66,3 +66,24 @@ fn a_certificate_without_its_key_is_refused_on_the_command_line() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--query-tls-key-file"), "{stderr}");
 }
+
+/// The report: `--retention 213503982334602d` overflowed to 17 hours and dropped yesterday's spans. Durations and
+/// sizes out of range are usage errors now, before anything starts.
+#[test]
+fn durations_and_sizes_out_of_range_are_refused_on_the_command_line() {
+    for (flag, value, says) in [
+        ("--retention", "213503982334602d", "out of range"),
+        ("--retention", "12h", "at least 1d"),
+        ("--export-timeout", "0s", "out of range"),
+        ("--writers", "0", "not in 1..=64"),
+        ("--max-inflight-bytes", "100", "not in"),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_tracepost"))
+            .args(["serve", flag, value])
+            .output()
+            .expect("run tracepost serve");
+        assert_eq!(output.status.code(), Some(2), "{flag} {value} is a usage error");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(says), "{flag} {value}: {stderr}");
+    }
+}
