@@ -23,4 +23,12 @@ if [[ -z ${TRACEPOST_TEST_VICTORIA_METRICS:-} ]] && ! command -v victoria-metric
     apt-get install -y -qq victoria-metrics >&2
 fi
 
+# The TLS tests make their certificates with the openssl command line.
+if ! command -v openssl >/dev/null; then
+    echo "installing openssl from Debian's packages" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2
+    apt-get install -y -qq openssl >&2
+fi
+
 cargo test --workspace --locked "$@"
