@@ -129,7 +129,11 @@ impl RequestOperations {
             fnv(service_hash ^ operation_hash.rotate_left(17), &[0xff]),
             &day.to_le_bytes(),
         );
-        if !self.seen.insert(key) || catalog.is_known(key) {
+        if name.len() > tracepost_storage::limits::MAX_LISTED_NAME_BYTES
+            || service.len() > tracepost_storage::limits::MAX_LISTED_NAME_BYTES
+            || !self.seen.insert(key)
+            || catalog.is_known(key)
+        {
             return;
         }
         let row = OperationRow {

@@ -319,7 +319,7 @@ impl Pipeline {
     /// Whether the database took writes lately: `Err` with the reason when the last attempt failed or a
     /// write has been waiting on PostgreSQL longer than `stalled_after`.
     pub fn write_health(&self, stalled_after: Duration) -> Result<(), String> {
-        self.health.check(stalled_after)
+        self.health.check(stalled_after, FAILURE_MEMORY)
     }
 
     /// Submits one request's spans and waits until they are committed. `reservation` is the memory the
@@ -553,8 +553,13 @@ struct WriteHealth {
 struct HealthState {
     next: u64,
     active: Vec<(u64, Instant)>,
-    last_failed: bool,
+    /// When the last write failed, if no write has succeeded since.
+    last_failure: Option<Instant>,
 }
+
+/// A failed write makes `/readyz` fail for this long (unless a write succeeds sooner): long enough to take a
+/// collector whose database is gone out of rotation, short enough that an idle one comes back by itself.
+const FAILURE_MEMORY: Duration = Duration::from_secs(10);
 
 impl WriteHealth {
     fn lock(&self) -> std::sync::MutexGuard<'_, HealthState> {
@@ -573,10 +578,14 @@ impl WriteHealth {
         let mut state = self.lock();
         state.active.retain(|(active, _)| *active != id);
         // A refused value is the data's fault, not the database's.
-        state.last_failed = error.is_some_and(|error| !error.is_data_error());
+        match error {
+            None => state.last_failure = None,
+            Some(error) if !error.is_data_error() => state.last_failure = Some(Instant::now()),
+            Some(_) => {}
+        }
     }
 
-    fn check(&self, stalled_after: Duration) -> Result<(), String> {
+    fn check(&self, stalled_after: Duration, failure_memory: Duration) -> Result<(), String> {
         let state = self.lock();
         if let Some((_, since)) = state.active.iter().min_by_key(|(_, since)| *since) {
             let waited = since.elapsed();
@@ -584,9 +593,43 @@ impl WriteHealth {
                 return Err(format!("a write has waited {:.1}s on PostgreSQL", waited.as_secs_f64()));
             }
         }
-        if state.last_failed {
+        if state.last_failure.is_some_and(|at| at.elapsed() < failure_memory) {
             return Err("the last write to PostgreSQL failed (see the log)".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unreachable() -> tracepost_storage::StorageError {
+        tracepost_storage::StorageError::Pool("connection refused".into())
+    }
+
+    /// The report: one failed write kept `/readyz` at 503 until a write succeeded, which never happens to a
+    /// collector taken out of rotation. A failure now counts for a while, then readiness comes back by itself.
+    #[test]
+    fn a_failed_write_fails_readiness_for_a_while_not_forever() {
+        let health = WriteHealth::default();
+        let attempt = health.begin();
+        health.end(attempt, Some(&unreachable()));
+        assert!(health.check(Duration::from_secs(2), Duration::from_secs(60)).is_err());
+        assert!(health.check(Duration::from_secs(2), Duration::ZERO).is_ok());
+        let attempt = health.begin();
+        health.end(attempt, None);
+        assert!(health.check(Duration::from_secs(2), Duration::from_secs(60)).is_ok());
+    }
+
+    #[test]
+    fn a_write_waiting_on_the_database_fails_readiness_once_it_has_waited_too_long() {
+        let health = WriteHealth::default();
+        let _attempt = health.begin();
+        assert!(health.check(Duration::from_secs(60), Duration::from_secs(60)).is_ok());
+        let error = health
+            .check(Duration::ZERO, Duration::from_secs(60))
+            .expect_err("stalled");
+        assert!(error.contains("waited"), "{error}");
     }
 }

@@ -47,7 +47,13 @@ impl StorageError {
                     let code = db.code().code();
                     // 08: connection exception; 53: insufficient resources (too many connections);
                     // 57014: query_canceled; 57P01-57P05: shutdown, crash, cannot connect now, idle timeouts.
-                    code.starts_with("08") || code.starts_with("53") || code == "57014" || code.starts_with("57P")
+                    // 28: authentication failed; 3D000: the database does not exist (a deployment not ready yet).
+                    code.starts_with("08")
+                        || code.starts_with("53")
+                        || code == "57014"
+                        || code.starts_with("57P")
+                        || code.starts_with("28")
+                        || code == "3D000"
                 }
                 // No server error: the connection itself failed (closed, refused, timed out, TLS).
                 None => {
@@ -71,7 +77,8 @@ impl StorageError {
         let Self::Db(error) = self else { return false };
         error.as_db_error().is_some_and(|db| {
             let code = db.code().code();
-            code.starts_with("22") || code.starts_with("23")
+            // 22 data exception, 23 integrity constraint, 54 program limit (an index row too large).
+            code.starts_with("22") || code.starts_with("23") || code.starts_with("54")
         })
     }
 }

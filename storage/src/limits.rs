@@ -45,6 +45,11 @@ pub fn label_column(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(text[..end].to_owned())
 }
 
+/// The longest span name the operations dictionary lists, in bytes: its primary key is a btree, whose rows
+/// must stay well under a page. Longer names (a SQL statement as a span name) are stored and searchable,
+/// just not listed, like the names past the per-service cap.
+pub const MAX_LISTED_NAME_BYTES: usize = 1024;
+
 /// Whether an attribute nests deeper than [`MAX_ATTRIBUTE_NESTING`] messages. Recursion stops as soon as
 /// the limit is passed, so the stack depth is bounded whatever the value.
 pub fn key_value_exceeds(attribute: &KeyValue) -> bool {

@@ -162,19 +162,15 @@ async fn expire_beyond_window(
         .execute(
             &format!(
                 "DELETE FROM {table}_default d USING out_of_window_days o
-                 WHERE o.table_name = $1 AND o.first_seen_ns < $2
-                   AND d.start_ns >= o.day::int8 * {NANOS_PER_DAY} AND d.start_ns < (o.day::int8 + 1) * {NANOS_PER_DAY}"
+                 WHERE o.table_name = $1 AND o.first_seen_ns < $2 AND d.start_ns / {NANOS_PER_DAY} = o.day"
             ),
             &[&table, &cutoff],
         )
         .await?;
     client
         .execute(
-            &format!(
-                "DELETE FROM out_of_window_days
-                 WHERE table_name = $1 AND (first_seen_ns < $2 OR (day::int8 + 1) * {NANOS_PER_DAY} <= $3)"
-            ),
-            &[&table, &cutoff, &window_end],
+            &format!("DELETE FROM out_of_window_days WHERE table_name = $1 AND (first_seen_ns < $2 OR day <= $3)"),
+            &[&table, &cutoff, &last_day],
         )
         .await?;
     Ok(expired)

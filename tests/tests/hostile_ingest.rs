@@ -496,3 +496,38 @@ async fn a_service_name_longer_than_its_column_is_found_by_its_full_name() {
     assert_eq!(process["serviceName"], service.as_str());
     app.stop().await.expect("clean shutdown");
 }
+
+/// The report: a span name of about 4 KB (a SQL statement, say) made PostgreSQL refuse the operations
+/// dictionary's index row; the writer retried it as a database fault for 5 s, answered 503 to every request
+/// of the batch, and `/readyz` stayed 503. Now such a name is stored and searchable but not listed, and a
+/// value PostgreSQL refuses (SQLSTATE class 54 as well as 22 and 23) fails only its own request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_span_named_by_a_long_sql_statement_is_stored_and_breaks_nothing() {
+    let database = TestDatabase::create("long_name").await;
+    let app = serve(&database).await;
+    let statement = format!(
+        "SELECT * FROM orders WHERE id IN ({})",
+        (0..100).map(|i| format!("'{i:036}'")).collect::<Vec<_>>().join(",")
+    );
+    assert!(statement.len() > 3800);
+    let started = std::time::Instant::now();
+    let body = request("sql-svc", vec![span(0x61, 1, &statement), span(0x61, 2, "short")]).encode_to_vec();
+    let (status, _, answer) = post_otlp(&http_endpoint(&app), "application/x-protobuf", None, body).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert_eq!(database.span_rows().await, 2);
+    let (status, reason) = get_text(&query_url(&app, "/readyz")).await;
+    assert_eq!(status, 200, "{reason}");
+    let (status, operations) = get_json(&query_url(&app, "/api/services/sql-svc/operations")).await;
+    assert_eq!(status, 200);
+    assert_eq!(operations["data"], serde_json::json!(["short"]));
+    let trace_id = hex(&[0x61; 16]);
+    let (status, trace) = get_json(&query_url(&app, &format!("/api/traces/{trace_id}"))).await;
+    assert_eq!(status, 200);
+    assert!(trace["data"][0]["spans"]
+        .as_array()
+        .expect("spans")
+        .iter()
+        .any(|span| span["operationName"] == statement.as_str()));
+    app.stop().await.expect("clean shutdown");
+}

@@ -184,7 +184,13 @@ async fn spans_dated_far_in_the_future_are_removed_after_the_retention_too() {
     let year_2100 = 4_102_444_800 * 1_000_000_000i64;
     let mut grpc = TraceServiceClient::connect(grpc_endpoint(&app)).await.expect("connect");
     grpc.export(request_at(year_2100, 2)).await.expect("accepted");
-    assert_eq!(database.span_rows().await, 2);
+    // And one at the end of time (u64::MAX ns, stored as i64::MAX), whose day once overflowed maintenance.
+    let mut end_of_time = request_at(0, 1);
+    let span = &mut end_of_time.resource_spans[0].scope_spans[0].spans[0];
+    span.span_id = vec![9; 8];
+    (span.start_time_unix_nano, span.end_time_unix_nano) = (u64::MAX, u64::MAX);
+    grpc.export(end_of_time).await.expect("accepted");
+    assert_eq!(database.span_rows().await, 3);
 
     let pool =
         tracepost_storage::connect_pool(&tracepost_storage::DatabaseConfig::new(database.url.clone())).expect("pool");
@@ -193,7 +199,7 @@ async fn spans_dated_far_in_the_future_are_removed_after_the_retention_too() {
         .await
         .expect("maintenance");
     assert_eq!(report.expired_default_rows, 0, "kept while within the retention");
-    assert_eq!(database.span_rows().await, 2);
+    assert_eq!(database.span_rows().await, 3);
     let seen: i64 = client
         .query_one(
             "SELECT count(*) FROM out_of_window_days WHERE table_name = 'spans'",
@@ -202,13 +208,13 @@ async fn spans_dated_far_in_the_future_are_removed_after_the_retention_too() {
         .await
         .expect("query")
         .get(0);
-    assert_eq!(seen, 1);
+    assert_eq!(seen, 2);
 
     let later = now + 8 * NANOS_PER_DAY;
     let report = tracepost_storage::partitions::maintain(&pool, later, 2, retention)
         .await
         .expect("maintenance");
-    assert_eq!(report.expired_default_rows, 2, "{report:?}");
+    assert_eq!(report.expired_default_rows, 3, "{report:?}");
     assert_eq!(database.span_rows().await, 0);
     app.stop().await.expect("clean shutdown");
 }
