@@ -169,7 +169,7 @@ async fn expire_beyond_window(
         .await?;
     client
         .execute(
-            &format!("DELETE FROM out_of_window_days WHERE table_name = $1 AND (first_seen_ns < $2 OR day <= $3)"),
+            "DELETE FROM out_of_window_days WHERE table_name = $1 AND (first_seen_ns < $2 OR day <= $3)",
             &[&table, &cutoff, &last_day],
         )
         .await?;
