@@ -27,7 +27,11 @@ impl Encoding {
             None | Some("") | Some("identity") => Ok(Self::Identity),
             Some("gzip") => Ok(Self::Gzip),
             Some("zstd") => Ok(Self::Zstd),
-            Some(other) => Err(format!("unsupported content encoding {other:?}: use gzip or zstd")),
+            Some(other) => {
+                // The client's own value, cut short: a refusal never echoes a header back at length.
+                let shown: String = other.chars().take(32).collect();
+                Err(format!("unsupported content encoding {shown:?}: use gzip or zstd"))
+            }
         }
     }
 }
@@ -45,8 +49,9 @@ pub(crate) fn budget_error(error: BudgetError, what: &str) -> ExportError {
     }
 }
 
-/// Reads a whole body: at most `limit` bytes, each reserved before it is kept, all of it before
-/// `read_deadline`.
+/// Reads a whole body: at most `limit` bytes, each reserved before it is kept (as it arrives: a declared
+/// length is checked against the cap but not reserved, so a client that announces much and sends little holds
+/// only what it sent), all of it before `read_deadline`.
 pub(crate) async fn read(
     body: Body,
     content_length: Option<u64>,
@@ -56,15 +61,9 @@ pub(crate) async fn read(
     read_deadline: Instant,
 ) -> Result<Bytes, ExportError> {
     let too_large = || ExportError::TooLarge(format!("body exceeds {limit} bytes"));
-    let expected = match content_length {
-        Some(length) if length > limit as u64 => return Err(too_large()),
-        Some(length) => length as usize,
-        None => 0,
-    };
-    budget
-        .reserve(reservation, expected, read_deadline)
-        .await
-        .map_err(|error| budget_error(error, "the body"))?;
+    if content_length.is_some_and(|length| length > limit as u64) {
+        return Err(too_large());
+    }
     let mut body = body;
     let mut buffer = BytesMut::new();
     let mut single: Option<Bytes> = None;
@@ -84,17 +83,24 @@ pub(crate) async fn read(
         if needed > limit {
             return Err(too_large());
         }
+        // The buffer at most doubles when it grows: reserve what it will hold.
+        let capacity = if needed > buffer.capacity() {
+            needed.max(buffer.capacity() * 2).min(limit)
+        } else {
+            buffer.capacity()
+        };
         budget
-            .reserve(reservation, needed.max(expected), read_deadline)
+            .reserve(reservation, capacity, read_deadline)
             .await
             .map_err(|error| budget_error(error, "the body"))?;
         // The common case, one frame, is kept as it came; more are gathered into one buffer.
         match single.take() {
             None if buffer.is_empty() => single = Some(data),
-            None => buffer.extend_from_slice(&data),
-            Some(first) => {
-                buffer.reserve(expected.max(needed));
-                buffer.extend_from_slice(&first);
+            first => {
+                buffer.reserve(capacity - buffer.len());
+                if let Some(first) = first {
+                    buffer.extend_from_slice(&first);
+                }
                 buffer.extend_from_slice(&data);
             }
         }

@@ -55,7 +55,7 @@ impl RejectReason {
             Self::InvalidParentSpanId => "parent span id must be empty or 8 bytes",
             Self::MissingStartTime => "start time must not be zero",
             Self::EndBeforeStart => "end time must not be before start time",
-            Self::MalformedSpan => "span is not valid OTLP/JSON (IDs must be hex, times decimal strings or numbers)",
+            Self::MalformedSpan => "span is not valid OTLP/JSON (IDs in hex, times as decimal strings or numbers, values nested under about 40 levels)",
         }
     }
 }
@@ -109,6 +109,11 @@ impl Converted {
 /// What one span costs a conversion beyond its row bytes, at most: its metrics record, its share of the
 /// operation index and of the resource days (a generous bound, checked by [`Allowance`]).
 pub(crate) const PER_SPAN_BYTES: usize = 256;
+
+/// What one `ResourceSpans` costs a conversion beyond its attributes' bytes, at most: its metrics node, its
+/// resource rows, its normalisation. Charged even for an empty one, so a request of millions of empty
+/// `ResourceSpans` is refused by its allowance.
+pub(crate) const PER_RESOURCE_BYTES: usize = 256;
 
 /// The memory a conversion may take, grown on demand from the ingest memory budget: conversion checks it as
 /// the encoded rows grow, so a request whose rows would outgrow the budget (a small body whose resource
@@ -184,8 +189,13 @@ pub fn convert_request_within(
     let mut resource_days = HashSet::new();
     let mut operations = RequestOperations::default();
     let mut operation_index = RequestOperationIndex::default();
+    let mut resource_bytes = 0usize;
     for resource_spans in request.resource_spans {
         let otlp_resource = resource_spans.resource.unwrap_or_default();
+        resource_bytes += PER_RESOURCE_BYTES + otlp_resource.encoded_len();
+        if !allowance.admit(rows.capacity() + converted.encoded.span_count * PER_SPAN_BYTES + resource_bytes) {
+            return Err(OverBudget);
+        }
         let mut attributes = convert_attributes(otlp_resource.attributes);
         let too_deep = retain_within_nesting(&mut attributes);
         let mut resource = Resource {
@@ -266,7 +276,7 @@ pub fn convert_request_within(
                 );
                 encode_span_row(&mut rows, info.context(), &span);
                 converted.encoded.span_count += 1;
-                if !allowance.admit(rows.capacity() + converted.encoded.span_count * PER_SPAN_BYTES) {
+                if !allowance.admit(rows.capacity() + converted.encoded.span_count * PER_SPAN_BYTES + resource_bytes) {
                     return Err(OverBudget);
                 }
             }

@@ -71,7 +71,7 @@ impl ExportError {
 pub struct IngestLimits {
     /// Cap on a request body, compressed and decompressed.
     pub max_request_bytes: usize,
-    /// Requests being read, decoded or written at once, per process; more wait for the admission wait.
+    /// Requests being decoded or written at once, per process (taken once the body is in, so slow senders hold none); more wait for the admission wait.
     pub max_concurrent_requests: usize,
     /// The whole body must arrive within this time of the request's start.
     pub body_read_timeout: Duration,
@@ -161,10 +161,6 @@ impl Ingest {
         let inner = &self.inner;
         let started = Instant::now();
         let deadline = started + inner.limits.export_timeout;
-        let _slot = tokio::time::timeout(inner.pipeline_admission_wait(), inner.requests.clone().acquire_owned())
-            .await
-            .map_err(|_| ExportError::Ingest(IngestError::Overloaded))?
-            .map_err(|_| ExportError::Ingest(IngestError::ShuttingDown))?;
         let budget = inner.pipeline.budget().clone();
         let limit = inner.limits.max_request_bytes;
         let mut reservation = Reservation::default();
@@ -178,6 +174,11 @@ impl Ingest {
             read_deadline,
         )
         .await?;
+        // The slot is taken once the body is in: slow clients hold only the memory they sent, never a slot.
+        let _slot = tokio::time::timeout(inner.pipeline_admission_wait(), inner.requests.clone().acquire_owned())
+            .await
+            .map_err(|_| ExportError::Ingest(IngestError::Overloaded))?
+            .map_err(|_| ExportError::Ingest(IngestError::ShuttingDown))?;
         let (message, encoding) = if request.grpc_framed {
             let (message, compressed) = body::unframe_grpc(&raw)?;
             match (compressed, request.encoding) {

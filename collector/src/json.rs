@@ -6,24 +6,41 @@
 //! generated types as usual; each span is kept as its raw JSON text and decoded on its own.
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::span::{Event, Link};
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::convert::{convert_request_within, Allowance, ConvertConfig, Converted, OverBudget, RejectReason};
 
-/// What decoding may allocate per JSON object, at most: every object becomes at most one generated struct
-/// (a `Span` is the largest), a `Vec` holding it may be twice as large as its contents, and each span also
-/// costs its raw-text reference here.
-pub const BYTES_PER_OBJECT: usize = 2 * std::mem::size_of::<Span>() + std::mem::size_of::<&RawValue>();
+/// What decoding may allocate per JSON object at the depth of spans (four objects deep: request, resource
+/// spans, scope spans, span; resource attributes and scopes sit there too), at most: a generated `Span`, twice
+/// (a `Vec` holding it may be twice as large as its contents), and the span's raw-text reference.
+pub const BYTES_PER_SPAN_OBJECT: usize = 2 * std::mem::size_of::<Span>() + std::mem::size_of::<&RawValue>();
+
+/// What decoding may allocate per other JSON object, at most: the largest of the structs found below a span
+/// (link, event, key-value, value), twice.
+pub const BYTES_PER_OBJECT: usize = 2 * max(
+    max(std::mem::size_of::<Link>(), std::mem::size_of::<Event>()),
+    max(std::mem::size_of::<KeyValue>(), std::mem::size_of::<AnyValue>()),
+);
+
+const fn max(a: usize, b: usize) -> usize {
+    if a > b {
+        a
+    } else {
+        b
+    }
+}
 
 /// The memory decoding and converting `body` may take, at most: its strings (no longer than the text),
-/// [`BYTES_PER_OBJECT`] per JSON object, and the encoded rows (no larger than the text either). Counted in one
-/// pass over the bytes, before anything is allocated.
+/// [`BYTES_PER_SPAN_OBJECT`] or [`BYTES_PER_OBJECT`] per JSON object, and the text again. Counted in one pass
+/// over the bytes, before anything is allocated. (The rows are admitted separately as they are written.)
 pub fn decode_cost(body: &[u8]) -> usize {
-    let mut objects = 0usize;
+    let (mut span_level, mut other) = (0usize, 0usize);
+    let mut depth = 0usize;
     let mut in_string = false;
     let mut escaped = false;
     for &byte in body {
@@ -37,14 +54,22 @@ pub fn decode_cost(body: &[u8]) -> usize {
         } else {
             match byte {
                 b'"' => in_string = true,
-                b'{' => objects += 1,
+                b'{' => {
+                    depth += 1;
+                    match depth {
+                        4 => span_level += 1,
+                        _ => other += 1,
+                    }
+                }
+                b'}' => depth = depth.saturating_sub(1),
                 _ => {}
             }
         }
     }
     body.len()
         .saturating_mul(2)
-        .saturating_add(objects.saturating_mul(BYTES_PER_OBJECT))
+        .saturating_add(span_level.saturating_mul(BYTES_PER_SPAN_OBJECT))
+        .saturating_add(other.saturating_mul(BYTES_PER_OBJECT))
 }
 
 #[derive(Default, Deserialize)]
@@ -81,10 +106,24 @@ pub fn convert_json(body: &[u8], config: &ConvertConfig) -> Result<Converted, Js
 /// Why an OTLP/JSON body was refused whole.
 #[derive(Debug, thiserror::Error)]
 pub enum JsonError {
-    #[error("invalid json: {0}")]
+    #[error("invalid json: {}", describe(.0))]
     Invalid(#[from] serde_json::Error),
+    #[error("invalid json: an OTLP/JSON request is a JSON object")]
+    NotAnObject,
     #[error(transparent)]
     OverBudget(#[from] OverBudget),
+}
+
+/// serde's message without the names of tracepost's own types: where, and what kind of mistake.
+fn describe(error: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let at = format!("line {} column {}", error.line(), error.column());
+    match error.classify() {
+        Category::Syntax => format!("not valid JSON at {at}"),
+        Category::Eof => "the body ends in the middle of a JSON value".into(),
+        Category::Data => format!("not an OTLP/JSON ExportTraceServiceRequest: a value of the wrong type at {at}"),
+        Category::Io => "the body could not be read".into(),
+    }
 }
 
 /// [`convert_json`] within an [`Allowance`].
@@ -93,6 +132,10 @@ pub fn convert_json_within(
     config: &ConvertConfig,
     allowance: &mut Allowance<'_>,
 ) -> Result<Converted, JsonError> {
+    // serde would take a JSON array for a struct too: an OTLP/JSON request is an object.
+    if body.iter().find(|byte| !byte.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(JsonError::NotAnObject);
+    }
     let request: Request<'_> = serde_json::from_slice(body)?;
     let mut malformed = 0u64;
     let resource_spans = request
@@ -152,14 +195,28 @@ mod tests {
             ["{}"; 1000].join(",")
         );
         let cost = decode_cost(empty_spans.as_bytes());
-        assert_eq!(cost, empty_spans.len() * 2 + 1003 * BYTES_PER_OBJECT);
+        assert_eq!(
+            cost,
+            empty_spans.len() * 2 + 1000 * BYTES_PER_SPAN_OBJECT + 3 * BYTES_PER_OBJECT
+        );
         // Braces inside strings, escaped quotes included, are text.
         assert_eq!(decode_cost(br#"{"a":"{\"{{"}"#), 13 * 2 + BYTES_PER_OBJECT);
     }
 
     #[test]
-    fn a_request_that_is_not_otlp_json_is_an_error() {
-        assert!(convert_json(b"[1,2]", &ConvertConfig::default()).is_err());
-        assert!(convert_json(br#"{"resourceSpans":{"a":1}}"#, &ConvertConfig::default()).is_err());
+    fn a_request_that_is_not_otlp_json_is_an_error_naming_no_internal_type() {
+        let error = convert_json(b"[]", &ConvertConfig::default()).expect_err("an array");
+        assert_eq!(error.to_string(), "invalid json: an OTLP/JSON request is a JSON object");
+        assert!(convert_json(b" [1,2]", &ConvertConfig::default()).is_err());
+        let error = convert_json(br#"{"resourceSpans":{"a":1}}"#, &ConvertConfig::default()).expect_err("wrong type");
+        assert_eq!(
+            error.to_string(),
+            "invalid json: not an OTLP/JSON ExportTraceServiceRequest: a value of the wrong type at line 1 column 17"
+        );
+        let error = convert_json(br#"{"resourceSpans":[{"#, &ConvertConfig::default()).expect_err("cut short");
+        assert_eq!(
+            error.to_string(),
+            "invalid json: the body ends in the middle of a JSON value"
+        );
     }
 }

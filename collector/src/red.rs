@@ -182,6 +182,8 @@ fn bucket(duration_ns: u64) -> usize {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct RequestMetrics {
     resources: Vec<Node>,
+    /// `resources` by a hash of their labels, so a repeated resource is one node.
+    resource_index: HashMap<u64, u32, FastHash>,
     /// Route templates and peer names, each once.
     names: Vec<String>,
     by_name: HashMap<String, u32, FastHash>,
@@ -224,10 +226,29 @@ impl RequestMetrics {
 
     /// Registers a resource's labels; returns its index for [`SpanInput::resource`].
     pub(crate) fn resource(&mut self, service: &str, cluster: Option<&str>, namespace: Option<&str>) -> u32 {
+        // Requests repeat a resource (or send many empty ones): one node each, however often it comes.
+        let (cluster, namespace) = (cluster.unwrap_or_default(), namespace.unwrap_or_default());
+        let key = {
+            use std::hash::{BuildHasher, Hasher};
+            // A fixed seed: the key is part of the request's state, which tests compare across requests.
+            let mut hasher = foldhash::fast::FixedState::default().build_hasher();
+            for part in [service, cluster, namespace] {
+                hasher.write(part.as_bytes());
+                hasher.write_u8(0xff);
+            }
+            hasher.finish()
+        };
+        if let Some(&index) = self.resource_index.get(&key) {
+            let node = &self.resources[index as usize];
+            if node.name == service && node.cluster == cluster && node.namespace == namespace {
+                return index;
+            }
+        }
+        self.resource_index.entry(key).or_insert(self.resources.len() as u32);
         self.resources.push(Node {
             name: service.to_owned(),
-            cluster: cluster.unwrap_or_default().to_owned(),
-            namespace: namespace.unwrap_or_default().to_owned(),
+            cluster: cluster.to_owned(),
+            namespace: namespace.to_owned(),
         });
         (self.resources.len() - 1) as u32
     }

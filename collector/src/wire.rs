@@ -287,6 +287,7 @@ pub fn convert_protobuf_within(
 ) -> Result<Converted> {
     let mut state = State {
         allowance,
+        resource_bytes: 0,
         converted: Converted {
             // A Linkerd span takes some 400 bytes of protobuf.
             metrics: config
@@ -320,6 +321,8 @@ pub fn convert_protobuf_within(
 
 struct State<'c, 'a> {
     allowance: &'c mut Allowance<'a>,
+    /// What the request's resources cost beyond the rows (see `convert::PER_RESOURCE_BYTES`).
+    resource_bytes: usize,
     converted: Converted,
     rows: BytesMut,
     resource_days: HashSet<(i64, i32)>,
@@ -353,6 +356,8 @@ impl State<'_, '_> {
             }
         }
 
+        self.resource_bytes += crate::convert::PER_RESOURCE_BYTES + resources.iter().map(|r| r.len()).sum::<usize>();
+        self.admit()?;
         // Our `Resource`: attributes (1), dropped count (2), schema URL (3), in field order as prost writes it.
         let mut attributes = Vec::new();
         let mut facts = ResourceFacts::default();
@@ -594,9 +599,15 @@ impl State<'_, '_> {
             .observe(&info.service, &safe_name, trace_id, fields.start, fields.end);
         encode_span_row_with_detail(&mut self.rows, info.context(), &row, &self.detail);
         self.converted.encoded.span_count += 1;
+        self.admit()
+    }
+
+    /// Checks what the conversion holds so far against the allowance.
+    fn admit(&mut self) -> Result<()> {
         let used = self.rows.capacity()
             + self.detail.capacity()
-            + self.converted.encoded.span_count * crate::convert::PER_SPAN_BYTES;
+            + self.converted.encoded.span_count * crate::convert::PER_SPAN_BYTES
+            + self.resource_bytes;
         if !self.allowance.admit(used) {
             return Err(OVER_BUDGET);
         }

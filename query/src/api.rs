@@ -41,7 +41,9 @@ pub fn router(reader: TraceReader) -> Router {
 
 /// The query API (Jaeger's v1 and api_v3 routes) reading from `reader`, within `limits`.
 pub fn router_with_limits(reader: TraceReader, limits: QueryLimits) -> Router {
-    let reader = reader.with_max_spans_per_trace(limits.max_spans_per_trace);
+    let reader = reader
+        .with_max_spans_per_trace(limits.max_spans_per_trace)
+        .with_max_spans_per_search(limits.max_spans_per_search);
     routes(reader.clone(), limits).merge(crate::search::routes(reader, limits))
 }
 

@@ -1,7 +1,7 @@
 //! The caps on what one request to the query and Tempo APIs may ask for. Asking for more than a cap allows is
 //! a 400 that names the cap and says how to narrow the request; a trace longer than the span cap is cut.
 
-use tracepost_storage::{TraceReader, DEFAULT_MAX_SPANS_PER_TRACE};
+use tracepost_storage::{TraceReader, DEFAULT_MAX_SPANS_PER_SEARCH, DEFAULT_MAX_SPANS_PER_TRACE};
 
 use crate::traceql::{self, ParseLimits};
 
@@ -14,6 +14,8 @@ pub struct QueryLimits {
     pub max_spans_per_span_set: usize,
     /// Spans returned per trace at most; a longer trace is cut to its first spans by start time, with a warning in Jaeger's JSON.
     pub max_spans_per_trace: usize,
+    /// Spans one search may return at most, all traces together; past it the search answers with the traces found so far.
+    pub max_spans_per_search: usize,
     /// Bytes a TraceQL query may have at most; a longer one is a 400.
     pub max_traceql_length: usize,
     /// Parentheses a TraceQL query may nest at most; a deeper one is a 400.
@@ -28,6 +30,7 @@ impl Default for QueryLimits {
             // Tempo's default `max_spans_per_span_set`.
             max_spans_per_span_set: 100,
             max_spans_per_trace: DEFAULT_MAX_SPANS_PER_TRACE,
+            max_spans_per_search: DEFAULT_MAX_SPANS_PER_SEARCH,
             max_traceql_length: traceql::DEFAULT_MAX_LENGTH,
             max_traceql_depth: traceql::DEFAULT_MAX_DEPTH,
         }

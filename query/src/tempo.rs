@@ -65,7 +65,9 @@ pub fn tempo_router(reader: TraceReader) -> Router {
 
 /// The Tempo API router, reading from `reader`, within `limits`.
 pub fn tempo_router_with_limits(reader: TraceReader, limits: QueryLimits) -> Router {
-    let reader = reader.with_max_spans_per_trace(limits.max_spans_per_trace);
+    let reader = reader
+        .with_max_spans_per_trace(limits.max_spans_per_trace)
+        .with_max_spans_per_search(limits.max_spans_per_search);
     Router::new()
         .route("/api/echo", get(echo))
         .route("/ready", get(ready))

@@ -15,7 +15,8 @@ pub mod writer;
 pub use db::{connect_pool, ConnectError, DatabaseConfig, DEFAULT_STATEMENT_TIMEOUT};
 pub use deadpool_postgres::Pool;
 pub use reader::{
-    DependencyLink, SearchBudget, SpanFilter, StoredTrace, TimeRange, TraceReader, DEFAULT_MAX_SPANS_PER_TRACE,
+    DependencyLink, SearchBudget, SpanFilter, StoredTrace, TimeRange, TraceReader, DEFAULT_MAX_SPANS_PER_SEARCH,
+    DEFAULT_MAX_SPANS_PER_TRACE,
 };
 pub use writer::{EncodedSpans, OperationRow, ResourceRow, SpanWriter};
 

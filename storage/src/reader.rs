@@ -118,6 +118,13 @@ const SPAN_COLUMNS: &str =
 /// The default [`TraceReader::max_spans_per_trace`].
 pub const DEFAULT_MAX_SPANS_PER_TRACE: usize = 10_000;
 
+/// The default [`TraceReader::max_spans_per_search`].
+pub const DEFAULT_MAX_SPANS_PER_SEARCH: usize = 100_000;
+
+/// Matching traces are fetched whole this many at a time, so one fetch holds at most this many times the
+/// per-trace span limit.
+const SEARCH_FETCH_TRACES: usize = 16;
+
 /// Reads traces. Cheap to clone; clones share the undecodable-row counter and its log limiter.
 ///
 /// A stored row it cannot decode (a span's `detail`, a resource's body, a malformed trace ID) never fails an
@@ -126,6 +133,7 @@ pub const DEFAULT_MAX_SPANS_PER_TRACE: usize = 10_000;
 pub struct TraceReader {
     pool: Pool,
     max_spans_per_trace: usize,
+    max_spans_per_search: usize,
     undecodable: Counter,
     log_limiter: Arc<Mutex<LogLimiter>>,
 }
@@ -136,6 +144,7 @@ impl TraceReader {
         Self {
             pool,
             max_spans_per_trace: DEFAULT_MAX_SPANS_PER_TRACE,
+            max_spans_per_search: DEFAULT_MAX_SPANS_PER_SEARCH,
             undecodable: Counter::default(),
             log_limiter: Arc::default(),
         }
@@ -236,6 +245,14 @@ impl TraceReader {
     /// Spans returned per trace at most.
     pub fn max_spans_per_trace(&self) -> usize {
         self.max_spans_per_trace
+    }
+
+    /// The same reader stopping a search once the traces it found hold this many spans (it answers with the
+    /// traces found so far, as when its time budget runs out): what one search holds is bounded by this plus
+    /// one fetch of matching traces, whatever its `limit`.
+    pub fn with_max_spans_per_search(mut self, max: usize) -> Self {
+        self.max_spans_per_search = max.max(1);
+        self
     }
 
     /// Rows asked of PostgreSQL per trace: one more than kept, to tell a truncated trace from a full one.
@@ -419,6 +436,7 @@ impl TraceReader {
                 .await;
         }
         let mut found = Vec::new();
+        let mut found_spans = 0usize;
         let mut examined = HashSet::new();
         let mut resources: HashMap<i64, StoredResource> = HashMap::new();
         let mut upper = filter.start_max_ns;
@@ -472,7 +490,7 @@ impl TraceReader {
                     matched.push((trace_id, span.span.start_time_unix_nano as i64));
                 }
             }
-            for chunk in matched.chunks(limit.max(1)) {
+            for chunk in matched.chunks(limit.clamp(1, SEARCH_FETCH_TRACES)) {
                 let ids: Vec<TraceId> = chunk.iter().map(|(id, _)| *id).collect();
                 let lowest = chunk.iter().map(|(_, start)| *start).min().unwrap_or(i64::MIN);
                 let highest = chunk.iter().map(|(_, start)| *start).max().unwrap_or(i64::MAX);
@@ -482,8 +500,9 @@ impl TraceReader {
                 };
                 for trace in self.get_traces(&ids, range).await? {
                     if trace_matches(&trace) {
+                        found_spans += trace.spans.len();
                         found.push(trace);
-                        if found.len() >= limit {
+                        if found.len() >= limit || found_spans >= self.max_spans_per_search {
                             return Ok(found);
                         }
                     }
@@ -518,6 +537,7 @@ impl TraceReader {
             .collect();
         let started = Instant::now();
         let mut found = Vec::new();
+        let mut found_spans = 0usize;
         let mut examined = HashSet::new();
         let mut upper = filter.start_max_ns;
         let mut page = (limit as i64).saturating_mul(2).clamp(1, budget.page_spans.max(1));
@@ -591,11 +611,14 @@ impl TraceReader {
                     start: Some(range_start),
                     end: Some(range_end),
                 };
-                for trace in self.get_traces(&ordered, range).await? {
-                    if trace_matches(&trace) {
-                        found.push(trace);
-                        if found.len() >= limit {
-                            return Ok(found);
+                for chunk in ordered.chunks(SEARCH_FETCH_TRACES) {
+                    for trace in self.get_traces(chunk, range).await? {
+                        if trace_matches(&trace) {
+                            found_spans += trace.spans.len();
+                            found.push(trace);
+                            if found.len() >= limit || found_spans >= self.max_spans_per_search {
+                                return Ok(found);
+                            }
                         }
                     }
                 }

@@ -56,7 +56,7 @@ pub struct AppConfig {
     pub skip_migrations: bool,
     pub pipeline: PipelineConfig,
     pub max_request_bytes: usize,
-    /// OTLP requests being read, decoded or written at once; more wait for the admission wait, then 503.
+    /// OTLP requests being decoded or written at once (taken once the body is in); more wait for the admission wait, then 503.
     pub max_concurrent_requests: usize,
     /// An OTLP request's whole body must arrive within this time.
     pub body_read_timeout: Duration,
@@ -79,6 +79,8 @@ pub struct AppConfig {
     pub listeners: ListenerConfig,
     /// Caps on what one query may ask for and return.
     pub query_limits: tracepost_query::QueryLimits,
+    /// Query and Tempo requests answered at once (the others wait up to `QUERY_TURN_WAIT`, then 503).
+    pub max_concurrent_queries: usize,
 }
 
 impl AppConfig {
@@ -109,6 +111,7 @@ impl AppConfig {
             metrics_query_url: None,
             listeners: ListenerConfig::default(),
             query_limits: tracepost_query::QueryLimits::default(),
+            max_concurrent_queries: 16,
         }
     }
 }
@@ -290,15 +293,22 @@ pub async fn start(role: Role, config: AppConfig) -> anyhow::Result<App> {
     if let Some(reader) = reader {
         let listener = bind(config.query_listen, "query").await?;
         app_addrs.2 = Some(listener.local_addr()?);
-        let router = tracepost_query::router_with_limits(reader.clone(), config.query_limits)
-            .merge(tracepost_query::spm_router(config.metrics_query_url.clone()))
-            .merge(health_routes);
+        let turns = Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_queries.max(1)));
+        let router = limit_queries(
+            tracepost_query::router_with_limits(reader.clone(), config.query_limits),
+            turns.clone(),
+        )
+        .merge(tracepost_query::spm_router(config.metrics_query_url.clone()))
+        .merge(health_routes);
         servers.push(serve(listener, router, &edges.query, shutdown_signal.clone()));
         let tempo = bind(config.tempo_listen, "tempo").await?;
         app_addrs.4 = Some(tempo.local_addr()?);
         servers.push(serve(
             tempo,
-            tracepost_query::tempo_router_with_limits(reader, config.query_limits),
+            limit_queries(
+                tracepost_query::tempo_router_with_limits(reader, config.query_limits),
+                turns,
+            ),
             &edges.query,
             shutdown_signal.clone(),
         ));
@@ -362,6 +372,30 @@ pub async fn start(role: Role, config: AppConfig) -> anyhow::Result<App> {
         shutdown,
         task,
     })
+}
+
+/// How long a query waits for its turn under `--max-concurrent-queries` before it is answered 503.
+const QUERY_TURN_WAIT: Duration = Duration::from_secs(5);
+
+/// At most as many query requests run at once as `turns` has permits (shared by the query and Tempo
+/// listeners): what queries hold in memory together is bounded by that times one query's caps.
+fn limit_queries(router: axum::Router, turns: Arc<tokio::sync::Semaphore>) -> axum::Router {
+    router.layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
+            let turns = turns.clone();
+            async move {
+                match tokio::time::timeout(QUERY_TURN_WAIT, turns.acquire_owned()).await {
+                    Ok(Ok(_turn)) => next.run(request).await,
+                    _ => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        [(header::RETRY_AFTER, "1")],
+                        "too many queries at once, retry later\n",
+                    )
+                        .into_response(),
+                }
+            }
+        },
+    ))
 }
 
 /// Ends the wait of unpaired service graph spans even when no spans arrive.

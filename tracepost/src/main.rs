@@ -136,7 +136,7 @@ struct ServeArgs {
     /// Cap on OTLP request bodies, compressed and decompressed, in bytes.
     #[arg(long, env = "TRACEPOST_MAX_REQUEST_BYTES", default_value_t = tracepost_collector::DEFAULT_MAX_REQUEST_BYTES)]
     max_request_bytes: usize,
-    /// OTLP requests read, decoded or written at once; more wait for --admission-wait, then 503 / UNAVAILABLE.
+    /// OTLP requests decoded or written at once (taken once the body is in); more wait for --admission-wait, then 503 / UNAVAILABLE.
     #[arg(long, env = "TRACEPOST_MAX_CONCURRENT_REQUESTS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     max_concurrent_requests: u32,
     /// An OTLP request's whole body must arrive within this time (else 408 / DEADLINE_EXCEEDED).
@@ -217,6 +217,13 @@ struct ServeArgs {
     /// on its first span in Jaeger's JSON, a `tracepost-trace-truncated` header elsewhere).
     #[arg(long, env = "TRACEPOST_MAX_SPANS_PER_TRACE", default_value_t = QueryLimits::default().max_spans_per_trace, value_parser = clap::value_parser!(u32).range(1..=10_000_000).map(|value| value as usize))]
     max_spans_per_trace: usize,
+    /// Spans one search may return at most, all traces together; past it the search answers with the traces
+    /// found so far (as when its time budget runs out).
+    #[arg(long, env = "TRACEPOST_MAX_SPANS_PER_SEARCH", default_value_t = QueryLimits::default().max_spans_per_search, value_parser = clap::value_parser!(u32).range(1..=100_000_000).map(|value| value as usize))]
+    max_spans_per_search: usize,
+    /// Query and Tempo requests answered at once; more wait up to 5 s for a turn, then 503 with Retry-After.
+    #[arg(long, env = "TRACEPOST_MAX_CONCURRENT_QUERIES", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=10_000).map(usize::from))]
+    max_concurrent_queries: usize,
     /// Bytes a TraceQL query may have at most; a longer one is a 400.
     #[arg(long, env = "TRACEPOST_MAX_TRACEQL_LENGTH", default_value_t = QueryLimits::default().max_traceql_length, value_parser = clap::value_parser!(u32).range(1..=1_048_576).map(|value| value as usize))]
     max_traceql_length: usize,
@@ -242,10 +249,12 @@ impl ServeArgs {
         config.skip_migrations = self.skip_migrations;
         config.max_request_bytes = self.max_request_bytes;
         config.max_concurrent_requests = self.max_concurrent_requests as usize;
+        config.max_concurrent_queries = self.max_concurrent_queries;
         config.query_limits = QueryLimits {
             max_traces_per_search: self.max_traces_per_search,
             max_spans_per_span_set: self.max_spans_per_span_set,
             max_spans_per_trace: self.max_spans_per_trace,
+            max_spans_per_search: self.max_spans_per_search,
             max_traceql_length: self.max_traceql_length,
             max_traceql_depth: self.max_traceql_depth,
         };
