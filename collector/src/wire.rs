@@ -10,7 +10,8 @@
 //! error, never a panic.
 //!
 //! Differences from the generated path, by design: unknown fields are skipped (as prost does) and a
-//! resource's `entity_refs` are skipped without being validated (tracepost does not store them).
+//! resource's `entity_refs` are skipped without being validated (tracepost does not store them); a request
+//! holding a protobuf group (proto2 only, never in OTLP), which prost would skip, is refused.
 
 use std::collections::HashSet;
 
@@ -35,9 +36,15 @@ type Result<T> = std::result::Result<T, WireError>;
 /// is dropped and counted, the request goes on.
 const TOO_DEEP: WireError = WireError("attribute nested too deep");
 
+/// Groups (proto2's wire types 3 and 4) do not occur in OTLP. prost skips an unknown group, but copied into
+/// `detail` every group level would count against prost's recursion limit on read, so they are refused.
+pub const GROUPS_UNSUPPORTED: WireError = WireError("protobuf groups are not supported");
+
 const VARINT: u8 = 0;
 const FIXED64: u8 = 1;
 const LEN: u8 = 2;
+const START_GROUP: u8 = 3;
+const END_GROUP: u8 = 4;
 const FIXED32: u8 = 5;
 
 /// A cursor over protobuf wire bytes.
@@ -55,6 +62,8 @@ impl<'a> Reader<'a> {
         self.bytes.is_empty()
     }
 
+    /// A varint as prost reads it: at most ten bytes, and no bits past the 64th (a tenth byte above 1 is
+    /// refused, not truncated, since the reader's prost would refuse the copied bytes).
     fn varint(&mut self) -> Result<u64> {
         let mut value = 0u64;
         for index in 0..10 {
@@ -62,6 +71,9 @@ impl<'a> Reader<'a> {
                 return Err(WireError("buffer underflow in varint"));
             };
             self.bytes = rest;
+            if index == 9 && byte > 1 {
+                return Err(WireError("invalid varint"));
+            }
             value |= u64::from(byte & 0x7f) << (7 * index);
             if byte < 0x80 {
                 return Ok(value);
@@ -70,10 +82,11 @@ impl<'a> Reader<'a> {
         Err(WireError("invalid varint"))
     }
 
-    /// The next field's number and wire type.
+    /// The next field's number and wire type. As in prost, the whole key (not only the field number) must fit
+    /// in 32 bits.
     fn key(&mut self) -> Result<(u32, u8)> {
-        let key = self.varint()?;
-        let field = u32::try_from(key >> 3).map_err(|_| WireError("invalid field number"))?;
+        let key = u32::try_from(self.varint()?).map_err(|_| WireError("invalid key value"))?;
+        let field = key >> 3;
         if field == 0 {
             return Err(WireError("invalid field number 0"));
         }
@@ -114,6 +127,7 @@ impl<'a> Reader<'a> {
             FIXED64 => self.take(8).map(drop),
             LEN => self.length_delimited().map(drop),
             FIXED32 => self.take(4).map(drop),
+            START_GROUP | END_GROUP => Err(GROUPS_UNSUPPORTED),
             _ => Err(WireError("unsupported wire type")),
         }
     }
@@ -1242,5 +1256,101 @@ mod tests {
             assert_eq!(detail.events.len() as u32, 1 - dropped, "{levels}");
             assert_eq!(detail.dropped_events_count, dropped, "{levels}");
         }
+    }
+
+    /// A request of one valid span whose attributes are the given `KeyValue` encodings, byte for byte.
+    fn request_with_raw_attribute(attribute: &[u8]) -> Vec<u8> {
+        let mut span = Vec::new();
+        put_len(&mut span, 1, &[1; 16]);
+        put_len(&mut span, 2, &[2; 8]);
+        put_key(&mut span, 7, FIXED64);
+        span.put_u64_le(1);
+        put_key(&mut span, 8, FIXED64);
+        span.put_u64_le(2);
+        put_len(&mut span, 9, attribute);
+        let mut scope_spans = Vec::new();
+        put_len(&mut scope_spans, 2, &span);
+        let mut resource_spans = Vec::new();
+        put_len(&mut resource_spans, 2, &scope_spans);
+        let mut request = Vec::new();
+        put_len(&mut request, 1, &resource_spans);
+        request
+    }
+
+    /// What the fast path stores when it accepts `body`, decoded as the reader decodes it.
+    fn stored_details(
+        body: &[u8],
+    ) -> Vec<std::result::Result<tracepost_storage::model::SpanDetail, prost::DecodeError>> {
+        let converted = convert_protobuf(body, &config()).expect("accepted");
+        details(&converted.encoded.rows)
+            .iter()
+            .map(|detail| tracepost_storage::model::SpanDetail::decode(detail.as_slice()))
+            .collect()
+    }
+
+    /// Found by `fuzz/fuzz_targets/otlp_protobuf.rs`: an attribute holding an unknown field whose key varint
+    /// is past 32 bits (its field number still fits in 32 bits) was copied into `detail`, which prost refuses
+    /// on read ("invalid key value"): acknowledged, then unreadable. prost refuses such a key, so the fast
+    /// path does too.
+    #[test]
+    fn a_field_key_past_32_bits_is_refused_as_prost_refuses_it() {
+        let mut attribute = Vec::new();
+        put_len(&mut attribute, 1, b"k");
+        put_varint(&mut attribute, (u64::from(u32::MAX) + 1) | u64::from(VARINT)); // key: field 2^29, varint
+        put_varint(&mut attribute, 1);
+        let body = request_with_raw_attribute(&attribute);
+        assert!(ExportTraceServiceRequest::decode(body.as_slice()).is_err());
+        assert!(
+            convert_protobuf(&body, &config()).is_err(),
+            "stored: {:?}",
+            stored_details(&body)
+        );
+        // The largest key prost reads is kept as an unknown field, and stays readable.
+        let mut attribute = Vec::new();
+        put_len(&mut attribute, 1, b"k");
+        const MAX_FIELD: u32 = (1 << 29) - 1;
+        put_varint(&mut attribute, u64::from(MAX_FIELD << 3)); // varint
+        put_varint(&mut attribute, 1);
+        let body = request_with_raw_attribute(&attribute);
+        assert!(ExportTraceServiceRequest::decode(body.as_slice()).is_ok());
+        assert!(stored_details(&body).iter().all(|detail| detail.is_ok()));
+    }
+
+    /// Found by the same fuzz target: a ten-byte varint whose last byte carries bits past the 64th (an
+    /// attribute's `int_value`, here) was accepted, truncated for the metrics and copied into `detail`, where
+    /// prost refuses it ("invalid varint"). prost's overflow check is the fast path's now.
+    #[test]
+    fn a_varint_past_64_bits_is_refused_as_prost_refuses_it() {
+        let attribute_with_int = |last: u8| {
+            let mut any = vec![(3 << 3) | VARINT]; // AnyValue.int_value
+            any.extend([0xff; 9]);
+            any.push(last);
+            let mut attribute = Vec::new();
+            put_len(&mut attribute, 1, b"k");
+            put_len(&mut attribute, 2, &any);
+            request_with_raw_attribute(&attribute)
+        };
+        let overflowing = attribute_with_int(0x02);
+        assert!(ExportTraceServiceRequest::decode(overflowing.as_slice()).is_err());
+        assert!(
+            convert_protobuf(&overflowing, &config()).is_err(),
+            "stored: {:?}",
+            stored_details(&overflowing)
+        );
+        // u64::MAX itself (last byte 0x01) is a valid varint.
+        let largest = attribute_with_int(0x01);
+        assert!(ExportTraceServiceRequest::decode(largest.as_slice()).is_ok());
+        assert!(stored_details(&largest).iter().all(|detail| detail.is_ok()));
+    }
+
+    /// Groups (proto2's wire types 3 and 4) never occur in OTLP. prost skips an unknown group; the fast path
+    /// refuses the request instead of copying groups into storage, where their nesting would count against
+    /// prost's recursion limit on read. The error says so.
+    #[test]
+    fn a_request_with_a_group_is_refused_with_a_reason() {
+        let body = [(14 << 3) | 3, (14 << 3) | 4]; // an empty group, field 14, in the request
+        assert!(ExportTraceServiceRequest::decode(body.as_slice()).is_ok());
+        let error = convert_protobuf(&body, &config()).expect_err("groups are refused");
+        assert_eq!(error, GROUPS_UNSUPPORTED);
     }
 }
