@@ -119,7 +119,7 @@ const SPAN_COLUMNS: &str =
 pub const DEFAULT_MAX_SPANS_PER_TRACE: usize = 10_000;
 
 /// The default [`TraceReader::max_spans_per_search`].
-pub const DEFAULT_MAX_SPANS_PER_SEARCH: usize = 100_000;
+pub const DEFAULT_MAX_SPANS_PER_SEARCH: usize = 50_000;
 
 /// Matching traces are fetched whole this many at a time, so one fetch holds at most this many times the
 /// per-trace span limit.

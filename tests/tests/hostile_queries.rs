@@ -508,3 +508,36 @@ async fn a_corrupt_stored_row_is_left_out_and_the_trace_and_searches_still_answe
     app.begin_shutdown();
     app.wait().await.expect("clean shutdown");
 }
+
+/// The attack: a search within every per-request cap (1,500 traces of 10,000 spans) held 15 million spans and
+/// peaked past a gigabyte. A search now stops once the traces it found hold `--max-spans-per-search` spans and
+/// answers with those, newest first, through the Jaeger API and Tempo's search alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_stops_at_the_span_cap_and_answers_with_the_traces_found_so_far() {
+    let database = TestDatabase::create("search_span_cap").await;
+    let mut config = config(&database);
+    config.query_limits.max_spans_per_search = 450;
+    let app = tracepost::start(tracepost::Role::Serve, config).await.expect("start");
+    let start_ns = u64::try_from(now_micros() - 60_000_000).expect("positive") * 1000;
+    for trace in 1..=20u8 {
+        let spans = spans([trace; 16], start_ns + u64::from(trace) * 10_000_000, 100);
+        export(&app, &request("wide", spans)).await;
+    }
+    let (status, found) = get_json(&query_url(&app, "/api/traces?service=wide&limit=1500&lookback=1h")).await;
+    assert_eq!(status, 200, "{found}");
+    let traces = found["data"].as_array().expect("traces");
+    // Traces are added whole until they hold 450 spans or more: five of a hundred spans.
+    assert_eq!(traces.len(), 5, "{found}");
+    assert_eq!(traces[0]["traceID"], "14".repeat(16), "the newest first");
+    let (status, tempo) = get_json(&tempo_url(
+        &app,
+        &format!(
+            "/api/search?q={}&limit=1500",
+            encode(r#"{ resource.service.name = "wide" }"#)
+        ),
+    ))
+    .await;
+    assert_eq!(status, 200, "{tempo}");
+    assert_eq!(tempo["traces"].as_array().map(Vec::len), Some(5), "{tempo}");
+    app.stop().await.expect("clean shutdown");
+}

@@ -111,7 +111,7 @@ impl AppConfig {
             metrics_query_url: None,
             listeners: ListenerConfig::default(),
             query_limits: tracepost_query::QueryLimits::default(),
-            max_concurrent_queries: 16,
+            max_concurrent_queries: 8,
         }
     }
 }

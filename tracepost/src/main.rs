@@ -222,7 +222,7 @@ struct ServeArgs {
     #[arg(long, env = "TRACEPOST_MAX_SPANS_PER_SEARCH", default_value_t = QueryLimits::default().max_spans_per_search, value_parser = clap::value_parser!(u32).range(1..=100_000_000).map(|value| value as usize))]
     max_spans_per_search: usize,
     /// Query and Tempo requests answered at once; more wait up to 5 s for a turn, then 503 with Retry-After.
-    #[arg(long, env = "TRACEPOST_MAX_CONCURRENT_QUERIES", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=10_000).map(usize::from))]
+    #[arg(long, env = "TRACEPOST_MAX_CONCURRENT_QUERIES", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=10_000).map(usize::from))]
     max_concurrent_queries: usize,
     /// Bytes a TraceQL query may have at most; a longer one is a 400.
     #[arg(long, env = "TRACEPOST_MAX_TRACEQL_LENGTH", default_value_t = QueryLimits::default().max_traceql_length, value_parser = clap::value_parser!(u32).range(1..=1_048_576).map(|value| value as usize))]
