@@ -118,6 +118,9 @@ const SPAN_COLUMNS: &str =
 /// The default [`TraceReader::max_spans_per_trace`].
 pub const DEFAULT_MAX_SPANS_PER_TRACE: usize = 10_000;
 
+/// The most services [`TraceReader::services`] lists (and a search without a service walks).
+pub const MAX_LISTED_SERVICES: usize = 10_000;
+
 /// The default [`TraceReader::max_spans_per_search`].
 pub const DEFAULT_MAX_SPANS_PER_SEARCH: usize = 50_000;
 
@@ -347,11 +350,15 @@ impl TraceReader {
         Ok(traces)
     }
 
-    /// Service names, sorted.
+    /// Service names, sorted, at most [`MAX_LISTED_SERVICES`] (a client inventing service names cannot make the
+    /// list, or a search across every service, grow without bound).
     pub async fn services(&self) -> Result<Vec<String>, StorageError> {
         let client = self.pool.get().await?;
         let rows = client
-            .query("SELECT DISTINCT service FROM operations ORDER BY service", &[])
+            .query(
+                "SELECT DISTINCT service FROM operations ORDER BY service LIMIT $1",
+                &[&(MAX_LISTED_SERVICES as i64)],
+            )
             .await?;
         Ok(rows.iter().map(|row| row.get(0)).collect())
     }
