@@ -219,4 +219,34 @@ mod tests {
             "invalid json: the body ends in the middle of a JSON value"
         );
     }
+
+    /// What the README promises: an ordinary OTLP/JSON request (ten attributes and two events a span) is
+    /// charged at most eight times its size before decoding (the text twice, and each object at twice the
+    /// struct it becomes), so the default 64 MiB budget takes JSON bodies of about 8 MiB.
+    #[test]
+    fn an_ordinary_json_request_is_charged_at_most_eight_times_its_size() {
+        let attribute = |key: &str, value: &str| format!(r#"{{"key":"{key}","value":{{"stringValue":"{value}"}}}}"#);
+        let span = |index: usize| {
+            let attributes: Vec<String> = (0..10)
+                .map(|a| attribute(&format!("http.attr{a}"), "some-value-42"))
+                .collect();
+            let event = format!(
+                r#"{{"timeUnixNano":"1700000000000000000","name":"event","attributes":[{}]}}"#,
+                attribute("k", "v")
+            );
+            format!(
+                r#"{{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"{index:016x}","name":"GET /api/orders/{{id}}","kind":2,"startTimeUnixNano":"1700000000000000000","endTimeUnixNano":"1700000000050000000","attributes":[{}],"events":[{event},{event}],"status":{{}}}}"#,
+                attributes.join(",")
+            )
+        };
+        let spans: Vec<String> = (0..1000).map(span).collect();
+        let body = format!(
+            r#"{{"resourceSpans":[{{"resource":{{"attributes":[{}]}},"scopeSpans":[{{"scope":{{"name":"s"}},"spans":[{}]}}]}}]}}"#,
+            attribute("service.name", "checkout"),
+            spans.join(",")
+        );
+        let ratio = decode_cost(body.as_bytes()) as f64 / body.len() as f64;
+        assert!(ratio <= 8.0, "charged {ratio:.2} x the body");
+        assert!(convert_json(body.as_bytes(), &ConvertConfig::default()).is_ok());
+    }
 }
