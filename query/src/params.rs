@@ -166,7 +166,8 @@ pub(crate) fn parse_go_duration(text: &str) -> Result<i64, String> {
 }
 
 /// An RFC 3339 timestamp (`2025-08-01T09:00:00Z`, fractions and `±hh:mm` offsets accepted) in Unix
-/// nanoseconds. A space where the offset's `+` was (an unencoded `+` decoded as a space) is accepted.
+/// nanoseconds (times before 1677 or after 2262 clamped to that range). A space where the offset's `+` was
+/// (an unencoded `+` decoded as a space) is accepted.
 pub(crate) fn parse_rfc3339(text: &str) -> Result<i64, String> {
     let invalid = || format!("parsing time {text:?} as \"2006-01-02T15:04:05.999999999Z07:00\": cannot parse");
     let bytes = text.as_bytes();
@@ -213,7 +214,9 @@ pub(crate) fn parse_rfc3339(text: &str) -> Result<i64, String> {
     };
     let days = i64::from(days_from_civil(year as i32, month as u32, day as u32));
     let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset_seconds;
-    Ok(seconds.saturating_mul(1_000_000_000).saturating_add(nanos))
+    // Exact, then clamped: a time outside what Unix nanoseconds in an i64 hold (1677 to 2262) is its bound.
+    let nanos = i128::from(seconds) * 1_000_000_000 + i128::from(nanos);
+    Ok(i64::try_from(nanos).unwrap_or(if nanos < 0 { i64::MIN } else { i64::MAX }))
 }
 
 #[cfg(test)]
@@ -259,6 +262,17 @@ mod tests {
         }
         assert_eq!(parse_go_duration("1.18446744073709551619s"), Ok(1_184_467_440));
         assert_eq!(parse_go_duration(".s"), Err("time: invalid duration \".s\"".into()));
+    }
+
+    #[test]
+    fn rfc3339_times_outside_the_nanosecond_range_are_its_bounds() {
+        // Found by the jaeger_params fuzz target: the seconds were scaled with saturation before the fraction
+        // was added, so the first second of the range came out wrong (and i64::MIN written back read otherwise).
+        assert_eq!(parse_rfc3339("1677-09-21T00:12:43.5Z"), Ok(-9_223_372_036_500_000_000));
+        assert_eq!(parse_rfc3339("1677-09-21T00:12:43.145224192Z"), Ok(i64::MIN));
+        assert_eq!(parse_rfc3339("2262-04-11T23:47:16.854775807Z"), Ok(i64::MAX));
+        assert_eq!(parse_rfc3339("0001-01-01T00:00:00.5Z"), Ok(i64::MIN));
+        assert_eq!(parse_rfc3339("9999-12-31T23:59:59.999999999-23:59"), Ok(i64::MAX));
     }
 
     #[test]
