@@ -1,5 +1,9 @@
 //! What the fuzz targets share: the conversion settings the collector's tests use, a parser for the binary
-//! COPY rows conversion writes, and the checks every target makes on what ingest would store.
+//! COPY rows conversion writes, and the checks every target makes on what ingest would store; for the query
+//! targets, sample stored traces ([`query`]) and Go's parameter parsing to compare with ([`go`]).
+
+pub mod go;
+pub mod query;
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};

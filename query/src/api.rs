@@ -118,7 +118,10 @@ pub(crate) fn mark_truncated(response: &mut Response, trace: &StoredTrace) {
 }
 
 /// Parses a trace ID path segment: 1 to 32 hex characters, surrounding whitespace ignored.
-fn parse_trace_id(path: Result<Path<String>, PathRejection>, parameter: &str) -> Result<TraceId, QueryError> {
+pub(crate) fn parse_trace_id(
+    path: Result<Path<String>, PathRejection>,
+    parameter: &str,
+) -> Result<TraceId, QueryError> {
     let malformed = || {
         QueryError::BadRequest(format!(
             "malformed parameter '{parameter}': expected 1 to 32 hex characters"
@@ -129,7 +132,7 @@ fn parse_trace_id(path: Result<Path<String>, PathRejection>, parameter: &str) ->
 }
 
 /// The v1 `start`/`end` hint (µs, or ms), in nanoseconds and widened by [`RANGE_SLACK_NANOS`] on each side.
-fn parse_v1_range(params: &[(String, String)]) -> Result<TimeRange, QueryError> {
+pub(crate) fn parse_v1_range(params: &[(String, String)]) -> Result<TimeRange, QueryError> {
     let start = parse_timestamp(params, "start")?;
     let end = parse_timestamp(params, "end")?;
     Ok(TimeRange {

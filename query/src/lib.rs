@@ -11,6 +11,10 @@
 
 mod api;
 mod blocking;
+/// Entry points for the cargo-fuzz targets in `fuzz/` (the request parsers and planners, private otherwise);
+/// it exists for them only and is no API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod jaeger;
 mod limits;
 pub mod otlp_json;

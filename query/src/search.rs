@@ -140,10 +140,10 @@ async fn operations_v1(
 
 /// A parsed search: what SQL narrows candidates by, and what every matching span must also satisfy.
 #[derive(Debug)]
-struct Search {
-    filter: SpanFilter,
-    tags: Vec<(String, String)>,
-    limit: usize,
+pub(crate) struct Search {
+    pub(crate) filter: SpanFilter,
+    pub(crate) tags: Vec<(String, String)>,
+    pub(crate) limit: usize,
 }
 
 async fn search_v1(
@@ -171,7 +171,7 @@ async fn search_v1(
     }))
 }
 
-fn parse_v1_search(params: &Params, now_ns: i64, limits: &QueryLimits) -> Result<Search, QueryError> {
+pub(crate) fn parse_v1_search(params: &Params, now_ns: i64, limits: &QueryLimits) -> Result<Search, QueryError> {
     let bad = |name: &str, error: String| QueryError::BadRequest(format!("unable to parse param '{name}': {error}"));
     let end_ns = int_param(params, "end")?.map_or(now_ns, |micros| micros.saturating_mul(1000));
     let start_ns =
@@ -256,7 +256,7 @@ fn stored_service(text: &str) -> String {
 }
 
 /// `tags`: a JSON object of strings, or logfmt (`k=v k2="a b"`).
-fn parse_tags(text: &str) -> Result<Vec<(String, String)>, QueryError> {
+pub(crate) fn parse_tags(text: &str) -> Result<Vec<(String, String)>, QueryError> {
     if text.starts_with('{') {
         let object: HashMap<String, String> = serde_json::from_str(text).map_err(|error| {
             QueryError::BadRequest(format!("malformed 'tags' parameter, cannot unmarshal JSON: {error}"))
@@ -486,7 +486,7 @@ async fn operations_v3(
     Ok(Json(OperationsV3 { operations }))
 }
 
-fn parse_v3_search(params: &Params, limits: &QueryLimits) -> Result<Search, QueryError> {
+pub(crate) fn parse_v3_search(params: &Params, limits: &QueryLimits) -> Result<Search, QueryError> {
     let malformed = |name: &str, error: String| QueryError::BadRequest(format!("malformed parameter {name}: {error}"));
     let time = |names: &[&str]| -> Result<Option<i64>, QueryError> {
         params

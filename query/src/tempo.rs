@@ -16,8 +16,8 @@
 //! ignored (Grafana sends a stray `tag=` with tag values).
 
 mod format;
-mod search;
-mod tags;
+pub(crate) mod search;
+pub(crate) mod tags;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -82,7 +82,7 @@ pub fn tempo_router_with_limits(reader: TraceReader, limits: QueryLimits) -> Rou
 
 /// Why a request failed; answered as plain text, as Tempo (Go's `http.Error`) does.
 #[derive(Debug)]
-enum TempoError {
+pub(crate) enum TempoError {
     BadRequest(String),
     NotFound,
     /// Storage failed; the cause has been logged and is never sent.
@@ -244,7 +244,7 @@ fn wants_protobuf(headers: &HeaderMap) -> bool {
 }
 
 /// The optional `start`/`end` hint (Unix seconds; 0 is absent), widened by [`RANGE_SLACK_NANOS`].
-fn trace_range(params: &Params) -> Result<TimeRange, TempoError> {
+pub(crate) fn trace_range(params: &Params) -> Result<TimeRange, TempoError> {
     let start = search::seconds(params, "start").map_err(TempoError::BadRequest)?;
     let end = search::seconds(params, "end").map_err(TempoError::BadRequest)?;
     if start != 0 && end != 0 && end <= start {
@@ -332,7 +332,7 @@ async fn search_traces(
 
 /// The `q` narrowing a tag request; an invalid or incomplete one is ignored, as Tempo does (Grafana sends what
 /// the user is typing), but one over a limit is refused.
-fn narrowing_query(params: &Params, limits: &QueryLimits) -> Result<Query, TempoError> {
+pub(crate) fn narrowing_query(params: &Params, limits: &QueryLimits) -> Result<Query, TempoError> {
     match params.get("q").map(|text| Query::parse_with(text, limits.traceql())) {
         None => Ok(Query::match_all()),
         Some(Ok(query)) => Ok(query),
@@ -343,7 +343,7 @@ fn narrowing_query(params: &Params, limits: &QueryLimits) -> Result<Query, Tempo
     }
 }
 
-fn tag_limit(params: &Params) -> usize {
+pub(crate) fn tag_limit(params: &Params) -> usize {
     params
         .get("limit")
         .and_then(|text| text.parse::<usize>().ok())
@@ -352,7 +352,7 @@ fn tag_limit(params: &Params) -> usize {
 }
 
 /// The window tags are sampled from: `start`/`end` (Unix seconds) when given, else the last hour.
-fn tag_window(params: &Params) -> Result<(i64, i64), TempoError> {
+pub(crate) fn tag_window(params: &Params) -> Result<(i64, i64), TempoError> {
     let start = search::seconds(params, "start").map_err(TempoError::BadRequest)?;
     let end = search::seconds(params, "end").map_err(TempoError::BadRequest)?;
     if start != 0 && end != 0 && end <= start {
