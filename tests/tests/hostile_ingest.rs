@@ -494,6 +494,18 @@ async fn a_service_name_longer_than_its_column_is_found_by_its_full_name() {
         .next()
         .expect("process");
     assert_eq!(process["serviceName"], service.as_str());
+    // Tempo's search by the full name finds it too.
+    let query = format!(r#"{{ resource.service.name = "{service}" }}"#);
+    let encoded: String = query
+        .bytes()
+        .map(|byte| match byte {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' => (byte as char).to_string(),
+            _ => format!("%{byte:02X}"),
+        })
+        .collect();
+    let (status, tempo) = get_json(&tempo_url(&app, &format!("/api/search?q={encoded}"))).await;
+    assert_eq!(status, 200, "{tempo}");
+    assert_eq!(tempo["traces"].as_array().map(Vec::len), Some(1), "{tempo}");
     app.stop().await.expect("clean shutdown");
 }
 

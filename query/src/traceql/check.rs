@@ -1,6 +1,6 @@
 //! Checking that an operator and a value suit a field.
 
-use tracepost_storage::copy::sanitize_text;
+use tracepost_storage::limits::label_column;
 
 use super::ast::{Field, Op, Operand};
 use super::pattern::Pattern;
@@ -34,9 +34,9 @@ pub(super) fn check(field: &Field, op: Op, operand: Operand) -> Result<Operand, 
         };
     }
     match (field, operand) {
-        // The derived service name is stored with NUL as U+FFFD.
+        // The derived service name is stored with NUL as U+FFFD and cut to 256 bytes.
         (Field::Resource(key), Operand::Str(text)) if key == SERVICE_NAME => {
-            Ok(Operand::Str(sanitize_text(&text).into_owned()))
+            Ok(Operand::Str(label_column(&text).into_owned()))
         }
         (Field::Name, operand @ Operand::Str(_)) => Ok(operand),
         (Field::Name, _) => Err("`name` compares with a quoted string".to_owned()),
