@@ -129,8 +129,8 @@ impl RequestOperations {
             fnv(service_hash ^ operation_hash.rotate_left(17), &[0xff]),
             &day.to_le_bytes(),
         );
+        // Services are already cut to their column's 256 bytes; names are not.
         if name.len() > tracepost_storage::limits::MAX_LISTED_NAME_BYTES
-            || service.len() > tracepost_storage::limits::MAX_LISTED_NAME_BYTES
             || !self.seen.insert(key)
             || catalog.is_known(key)
         {

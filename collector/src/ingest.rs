@@ -175,7 +175,7 @@ impl Ingest {
         )
         .await?;
         // The slot is taken once the body is in: slow clients hold only the memory they sent, never a slot.
-        let _slot = tokio::time::timeout(inner.pipeline_admission_wait(), inner.requests.clone().acquire_owned())
+        let _slot = tokio::time::timeout(inner.pipeline.admission_wait(), inner.requests.clone().acquire_owned())
             .await
             .map_err(|_| ExportError::Ingest(IngestError::Overloaded))?
             .map_err(|_| ExportError::Ingest(IngestError::ShuttingDown))?;
@@ -207,10 +207,10 @@ impl Ingest {
             // Decoding's own structures (JSON: counted before decoding) and a first allowance for the rows,
             // which grows from the budget as conversion writes them.
             let (decoding, rows) = match format {
-                PayloadFormat::Protobuf => (0, message.len().saturating_mul(2).saturating_add(PROTOBUF_OVERHEAD)),
+                PayloadFormat::Protobuf => (0, message.len().saturating_mul(2).saturating_add(DECODE_HEADROOM)),
                 PayloadFormat::Json => (
                     json::decode_cost(&message),
-                    message.len().saturating_add(PROTOBUF_OVERHEAD),
+                    message.len().saturating_add(DECODE_HEADROOM),
                 ),
             };
             let held = compressed_len + decoded_len + decoding;
@@ -330,11 +330,6 @@ impl Ingest {
     }
 }
 
-/// Room for the fast path's per-request buffers beyond twice the body (scratch detail, operation rows).
-const PROTOBUF_OVERHEAD: usize = 4 << 10;
-
-impl Inner {
-    fn pipeline_admission_wait(&self) -> Duration {
-        self.pipeline.admission_wait()
-    }
-}
+/// Room for a conversion's small per-request buffers (the scratch detail, operation rows) in its first row
+/// allowance, both formats.
+const DECODE_HEADROOM: usize = 4 << 10;

@@ -170,13 +170,6 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    /// The bytes reserved (rounded up to KiB).
-    pub fn bytes(&self) -> usize {
-        self.permit
-            .as_ref()
-            .map_or(0, |permit| permit.num_permits() * PERMIT_BYTES)
-    }
-
     fn permits(&self) -> usize {
         self.permit.as_ref().map_or(0, OwnedSemaphorePermit::num_permits)
     }
@@ -269,11 +262,6 @@ impl MemoryBudget {
             return Ok(());
         }
         runtime.block_on(self.reserve(reservation, bytes, deadline))
-    }
-
-    /// Bytes reserved now, by all requests.
-    pub fn reserved_bytes(&self) -> usize {
-        (self.permits as usize).saturating_sub(self.semaphore.available_permits()) * PERMIT_BYTES
     }
 }
 

@@ -88,13 +88,14 @@ pub fn retain_within_nesting(attributes: &mut Vec<KeyValue>) -> u32 {
     (before - attributes.len()) as u32
 }
 
-/// Test helpers shared by the crates' tests: attributes nested exactly `levels` messages deep.
-pub mod nesting {
+/// Attributes nested exactly `levels` messages deep, for the tests below.
+#[cfg(test)]
+mod nesting {
     use crate::model::{AnyValue, ArrayValue, KeyValue, KeyValueList, Value};
 
     /// A `KeyValue` whose nesting, counted as prost counts it, is exactly `levels` (2 or at least 4), built
     /// from arrays (and one map level when `levels` is odd).
-    pub fn attribute(levels: u32) -> KeyValue {
+    pub(super) fn attribute(levels: u32) -> KeyValue {
         assert!(levels >= 2, "a KeyValue with a value is at least 2 levels");
         // KeyValue(1) + AnyValue(1) = 2; each array level adds 2, a map level adds 3.
         let mut remaining = levels - 2;
