@@ -3,6 +3,7 @@
 #
 #   scripts/pg-cluster.sh start NAME [--tls]   start (or reuse) cluster NAME; prints its URL on stdout
 #   scripts/pg-cluster.sh stop NAME            stop it
+#   scripts/pg-cluster.sh destroy NAME         stop it and delete its data
 #   scripts/pg-cluster.sh url NAME             print the URL of a running cluster
 #   scripts/pg-cluster.sh ca NAME              print the path of a --tls cluster's CA certificate
 #
@@ -18,7 +19,7 @@ command=${1:-}
 name=${2:-}
 tls=no
 [[ ${3:-} == --tls ]] && tls=yes
-[[ -n $command && -n $name ]] || { echo "usage: $0 start|stop|url NAME [--tls]" >&2; exit 2; }
+[[ -n $command && -n $name ]] || { echo "usage: $0 start|stop|destroy|url|ca NAME [--tls]" >&2; exit 2; }
 
 base=${TRACEPOST_PG_DIR:-/tmp/tracepost-pg-$(id -u)}
 dir=$base/$name
@@ -101,6 +102,12 @@ stop)
         as_owner "$bindir/pg_ctl" -D "$dir/data" -m fast -w stop >&2
     fi
     ;;
+destroy)
+    if running; then
+        as_owner "$bindir/pg_ctl" -D "$dir/data" -m immediate -w stop >&2
+    fi
+    rm -rf "$dir"
+    ;;
 start)
     if running; then
         url_of
@@ -143,7 +150,11 @@ hostnossl all all 127.0.0.1/32   reject
 HBA
         fi
     fi
-    port=$(free_port)
+    # A restarted cluster keeps its port when it is free, so clients that knew it reconnect.
+    port=$(cat "$dir/port" 2>/dev/null || true)
+    if [[ -z $port ]] || (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        port=$(free_port)
+    fi
     echo "$port" >"$dir/port"
     chmod 644 "$dir/port"
     as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
@@ -153,7 +164,7 @@ HBA
     url_of
     ;;
 *)
-    echo "usage: $0 start|stop|url NAME [--tls]" >&2
+    echo "usage: $0 start|stop|destroy|url|ca NAME [--tls]" >&2
     exit 2
     ;;
 esac

@@ -15,6 +15,7 @@ pub mod normalize;
 pub mod pipeline;
 pub mod red;
 pub mod routes;
+pub mod spool;
 pub mod wire;
 
 pub use body::Encoding;
@@ -27,6 +28,7 @@ pub use metrics::CollectorMetrics;
 pub use pipeline::{IngestError, MemoryBudget, Pipeline, PipelineConfig, PipelineTasks, Reservation};
 pub use red::{RedConfig, SpanMetrics};
 pub use routes::RouteRules;
+pub use spool::SpoolConfig;
 
 /// The default cap on request bodies, compressed and decompressed: 16 MiB.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 16 << 20;

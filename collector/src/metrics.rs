@@ -42,6 +42,93 @@ pub struct CollectorMetrics {
     pub batch_spans: Histogram,
     pub inflight_bytes: Gauge,
     pub pending_spans: Gauge,
+    pub spool: SpoolMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpoolRefusalLabels {
+    pub reason: &'static str,
+}
+
+/// The spool's metrics (`--spool-dir`); all zero without a spool.
+#[derive(Clone, Debug, Default)]
+pub struct SpoolMetrics {
+    pub appended_spans: Counter,
+    pub fsyncs: Counter,
+    pub drained_spans: Counter,
+    pub dropped_spans: Counter,
+    pub refusals: Family<SpoolRefusalLabels, Counter>,
+    pub damaged_segments: Counter,
+    pub damaged_bytes: Counter,
+    pub backlog_bytes: Gauge,
+    pub disk_bytes: Gauge,
+    pub capacity_bytes: Gauge,
+    pub oldest_unsent_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+impl SpoolMetrics {
+    /// Counts an append refused for `reason` (`full`, `write_error`).
+    pub fn refused(&self, reason: &'static str) {
+        self.refusals.get_or_create(&SpoolRefusalLabels { reason }).inc();
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "spool_appended_spans",
+            "Spans made durable in the local spool (acknowledged)",
+            self.appended_spans.clone(),
+        );
+        registry.register(
+            "spool_fsyncs",
+            "Spool writes made durable (one fdatasync each, shared by every request waiting)",
+            self.fsyncs.clone(),
+        );
+        registry.register(
+            "spool_drained_spans",
+            "Spooled spans committed to PostgreSQL",
+            self.drained_spans.clone(),
+        );
+        registry.register(
+            "spool_dropped_spans",
+            "Spooled spans PostgreSQL refused as invalid data (logged, not retried)",
+            self.dropped_spans.clone(),
+        );
+        registry.register(
+            "spool_refusals",
+            "Appends refused: the spool full (--spool-max-bytes) or its disk failing",
+            self.refusals.clone(),
+        );
+        registry.register(
+            "spool_damaged_segments",
+            "Spool segments found damaged (torn or corrupt tail); their intact records were kept",
+            self.damaged_segments.clone(),
+        );
+        registry.register(
+            "spool_damaged_bytes",
+            "Spool bytes skipped as damaged",
+            self.damaged_bytes.clone(),
+        );
+        registry.register(
+            "spool_backlog_bytes",
+            "Spooled record bytes not yet committed to PostgreSQL",
+            self.backlog_bytes.clone(),
+        );
+        registry.register(
+            "spool_disk_bytes",
+            "Bytes of spool segment files on disk",
+            self.disk_bytes.clone(),
+        );
+        registry.register(
+            "spool_capacity_bytes",
+            "The spool's limit (--spool-max-bytes); 0 without a spool",
+            self.capacity_bytes.clone(),
+        );
+        registry.register(
+            "spool_oldest_unsent_age_seconds",
+            "Age of the oldest spooled span not yet committed to PostgreSQL",
+            self.oldest_unsent_seconds.clone(),
+        );
+    }
 }
 
 impl Default for CollectorMetrics {
@@ -63,6 +150,7 @@ impl Default for CollectorMetrics {
             batch_spans: Histogram::new(exponential_buckets(1.0, 4.0, 9)),
             inflight_bytes: Gauge::default(),
             pending_spans: Gauge::default(),
+            spool: SpoolMetrics::default(),
         }
     }
 }
@@ -142,5 +230,6 @@ impl CollectorMetrics {
             "Spans admitted and not yet committed",
             self.pending_spans.clone(),
         );
+        self.spool.register(registry);
     }
 }

@@ -1,20 +1,29 @@
-//! The bounded ingest pipeline: admission → batcher → writers → acknowledgement.
+//! The bounded ingest pipeline: admission → queue → writers (group commit) → acknowledgement, with an
+//! optional durable spool in between.
 //!
 //! ```text
-//!  request task ──convert+encode──▶ admission (semaphore on encoded bytes, waits at most `admission_wait`)
-//!        │                              │
-//!        │ awaits its oneshot           ▼
-//!        │                      batcher task (flush on max spans, max bytes or max age)
-//!        │                              │ bounded channel of batches
-//!        │                              ▼
-//!        └────────── ack ◀──── writer tasks (one COPY + COMMIT per batch, bounded retries)
+//!  without a spool:
+//!  request task ──convert+encode──▶ memory budget ──▶ queue ──▶ writer tasks (--writers): a free writer takes
+//!        ▲                                                      everything waiting, up to the batch caps, and
+//!        └──────────────────────── ack after COMMIT ◀───────── writes it in one transaction now
+//!
+//!  with --spool-dir:
+//!  request task ──▶ Spool::append (one fsync for all appends waiting) ──▶ ack
+//!                   spool drainer thread ──▶ queue ──▶ writer tasks (retried until PostgreSQL takes them)
+//!                                                            └──▶ committed: the spool frees the segment
 //! ```
 //!
-//! A request is acknowledged only after the transaction holding its spans has committed. The memory a request
-//! costs is reserved from one [`MemoryBudget`] (`max_inflight_bytes`) from its first byte: the receivers
-//! reserve the body as it arrives and its decompression and decoding before they run, the reservation shrinks
-//! to the encoded rows after conversion and travels with them until they are committed or failed. So the
-//! memory all requests hold together never exceeds `max_inflight_bytes`.
+//! Group commit: no timer. A writer that is free takes whatever is waiting and writes it at once; while the
+//! writers are busy, requests accumulate and go together in the next transaction, so batches grow with the
+//! load (up to `batch_max_spans` / `batch_max_bytes`) and an idle pipeline adds no delay.
+//!
+//! Without a spool a request is acknowledged only after the transaction holding its spans has committed; with
+//! one, once its record is fsync'd in the spool. The memory a request costs is reserved from one
+//! [`MemoryBudget`] (`max_inflight_bytes`) from its first byte: the receivers reserve the body as it arrives
+//! and its decompression and decoding before they run, the reservation shrinks to the encoded rows after
+//! conversion and travels with them until they are committed (or spooled) or failed. So the memory all
+//! requests hold together never exceeds `max_inflight_bytes`. The spool drainer holds at most
+//! `4 × batch_max_bytes` of records read back, from a budget of its own.
 //!
 //! Every request carries a deadline (`export_timeout` after its first byte). A writer refuses requests whose
 //! deadline has passed before it writes them, bounds each transaction by the earliest deadline of its batch
@@ -30,6 +39,7 @@ use tokio::time::Instant;
 use tracepost_storage::{EncodedSpans, SpanWriter};
 
 use crate::metrics::CollectorMetrics;
+use crate::spool::{Drained, Reader, Spool, SpoolConfig, SpoolError, Ticket};
 
 /// Pipeline limits. Every one is a named setting of the binary.
 #[derive(Clone, Debug)]
@@ -38,17 +48,17 @@ pub struct PipelineConfig {
     pub max_inflight_bytes: usize,
     /// How long a request may wait for admission before it is refused as overloaded.
     pub admission_wait: Duration,
-    /// A batch is flushed when it holds this many spans...
+    /// A writer takes at most this many spans into one transaction...
     pub batch_max_spans: usize,
-    /// ...or this many encoded bytes...
+    /// ...and at most this many encoded bytes (a single larger request still goes alone).
     pub batch_max_bytes: usize,
-    /// ...or when its first request has waited this long.
-    pub batch_max_age: Duration,
     /// Concurrent writer tasks (each holds one PostgreSQL connection while writing).
     pub writers: usize,
     /// How long a writer keeps retrying a failed batch before its requests get a retryable error. Shorter than
-    /// the 10 s timeout OTLP clients use by default.
+    /// the 10 s timeout OTLP clients use by default. (Spooled spans are retried until they are committed.)
     pub retry_budget: Duration,
+    /// Acknowledge once durable in this spool instead of once committed.
+    pub spool: Option<SpoolConfig>,
 }
 
 impl Default for PipelineConfig {
@@ -58,9 +68,9 @@ impl Default for PipelineConfig {
             admission_wait: Duration::from_secs(1),
             batch_max_spans: 8192,
             batch_max_bytes: 8 << 20,
-            batch_max_age: Duration::from_millis(100),
             writers: 2,
             retry_budget: Duration::from_secs(5),
+            spool: None,
         }
     }
 }
@@ -78,6 +88,11 @@ pub enum IngestError {
     Refused(String),
     #[error("server is shutting down")]
     ShuttingDown,
+    #[error("local spool full (PostgreSQL is not taking spans as fast as they come), retry later")]
+    SpoolFull,
+    /// The reason is for the log; clients are told only that the spool cannot be written.
+    #[error("local spool cannot be written, retry later")]
+    SpoolUnwritable(String),
 }
 
 impl IngestError {
@@ -88,6 +103,8 @@ impl IngestError {
             Self::Unavailable(_) => "storage_unavailable",
             Self::Refused(_) => "storage_refused",
             Self::ShuttingDown => "shutting_down",
+            Self::SpoolFull => "spool_full",
+            Self::SpoolUnwritable(_) => "spool_unwritable",
         }
     }
 
@@ -99,11 +116,29 @@ impl IngestError {
 
 struct Item {
     spans: EncodedSpans,
-    ack: oneshot::Sender<Result<(), IngestError>>,
+    completion: Completion,
     _reservation: Reservation,
     bytes: usize,
-    /// The request must be answered by then: past it, it is refused rather than written.
-    deadline: Instant,
+}
+
+/// Who learns the outcome of an item's write.
+enum Completion {
+    /// A client waits for the commit; past the deadline it is refused rather than written.
+    Client {
+        ack: oneshot::Sender<Result<(), IngestError>>,
+        deadline: Instant,
+    },
+    /// Spooled spans (the client was answered when they were fsync'd): the spool frees them once committed.
+    Spooled(Ticket),
+}
+
+impl Item {
+    fn deadline(&self) -> Option<Instant> {
+        match &self.completion {
+            Completion::Client { deadline, .. } => Some(*deadline),
+            Completion::Spooled(_) => None,
+        }
+    }
 }
 
 /// The handle request handlers submit spans through. Cheap to clone.
@@ -114,6 +149,7 @@ pub struct Pipeline {
     config: PipelineConfig,
     metrics: CollectorMetrics,
     health: Arc<WriteHealth>,
+    spool: Option<Spool>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -124,27 +160,35 @@ impl std::fmt::Debug for Pipeline {
     }
 }
 
-/// The pipeline's tasks; `join` waits until everything submitted has been committed or failed.
+/// The pipeline's tasks; `join` waits until everything submitted has been committed or failed (and, with a
+/// spool, until the spool is drained).
 #[derive(Debug)]
 pub struct PipelineTasks {
-    batcher: JoinHandle<()>,
     writers: Vec<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
+    drainer: Option<oneshot::Receiver<()>>,
+    spool: Option<Spool>,
 }
 
 impl PipelineTasks {
-    /// Waits for the batcher to flush and the writers to finish (after [`Pipeline::close`]).
+    /// Waits for the spool to drain (if there is one) and the writers to finish (after [`Pipeline::close`]).
     pub async fn join(&mut self) {
-        let _ = (&mut self.batcher).await;
+        if let Some(drainer) = &mut self.drainer {
+            let _ = drainer.await;
+        }
         for writer in &mut self.writers {
             let _ = writer.await;
         }
     }
 
-    /// Stops the tasks where they are: a batch being written is rolled back, as when the process exits.
+    /// Stops the tasks where they are: a batch being written is rolled back, as when the process exits;
+    /// spooled spans not yet committed stay in the spool for the next start.
     pub fn abort(&self) {
-        self.batcher.abort();
-        for writer in &self.writers {
-            writer.abort();
+        if let Some(spool) = &self.spool {
+            spool.stop();
+        }
+        for task in self.writers.iter().chain(&self.background) {
+            task.abort();
         }
     }
 }
@@ -266,18 +310,54 @@ impl MemoryBudget {
 }
 
 impl Pipeline {
-    /// Starts the batcher and writer tasks.
-    pub fn start(config: PipelineConfig, writer: Arc<SpanWriter>, metrics: CollectorMetrics) -> (Self, PipelineTasks) {
+    /// Starts the writer tasks and, with a spool, opens it (draining what an earlier run left) and starts
+    /// its drainer. Fails only if the spool cannot be opened.
+    pub fn start(
+        config: PipelineConfig,
+        writer: Arc<SpanWriter>,
+        metrics: CollectorMetrics,
+    ) -> std::io::Result<(Self, PipelineTasks)> {
         let health = Arc::new(WriteHealth::default());
-        let (item_sender, item_receiver) = mpsc::channel(1024);
-        let (batch_sender, batch_receiver) = mpsc::channel::<Vec<Item>>(config.writers.max(1));
-        let batch_receiver = Arc::new(tokio::sync::Mutex::new(batch_receiver));
-        let batcher = tokio::spawn(run_batcher(config.clone(), item_receiver, batch_sender));
+        let (item_sender, item_receiver) = mpsc::channel(QUEUE_ITEMS);
+        let queue = Arc::new(tokio::sync::Mutex::new(Queue {
+            receiver: item_receiver,
+            carry: None,
+        }));
+        let spool = config
+            .spool
+            .as_ref()
+            .map(|spool| Spool::open(spool, metrics.spool.clone()))
+            .transpose()?;
+        let mut background = Vec::new();
+        let mut drainer = None;
+        if let Some(spool) = &spool {
+            let (done, finished) = oneshot::channel();
+            let budget = MemoryBudget::new(config.batch_max_bytes.saturating_mul(4), Duration::from_secs(1));
+            let (spool_for_thread, sender, runtime) =
+                (spool.clone(), item_sender.clone(), tokio::runtime::Handle::current());
+            std::thread::Builder::new().name("spool-drain".into()).spawn(move || {
+                run_drainer(&spool_for_thread, &sender, &budget, &runtime);
+                let _ = done.send(());
+            })?;
+            drainer = Some(finished);
+            let spool = spool.clone();
+            background.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    spool.refresh_age();
+                }
+            }));
+        }
         let writers = (0..config.writers.max(1))
             .map(|_| {
                 tokio::spawn(run_writer(
-                    config.retry_budget,
-                    batch_receiver.clone(),
+                    WriterConfig {
+                        retry_budget: config.retry_budget,
+                        max_spans: config.batch_max_spans,
+                        max_bytes: config.batch_max_bytes,
+                    },
+                    queue.clone(),
                     writer.clone(),
                     metrics.clone(),
                     health.clone(),
@@ -290,8 +370,17 @@ impl Pipeline {
             config,
             metrics,
             health,
+            spool: spool.clone(),
         };
-        (pipeline, PipelineTasks { batcher, writers })
+        Ok((
+            pipeline,
+            PipelineTasks {
+                writers,
+                background,
+                drainer,
+                spool,
+            },
+        ))
     }
 
     /// How long a request waits for room before it is refused as overloaded.
@@ -310,8 +399,20 @@ impl Pipeline {
         self.health.check(stalled_after, FAILURE_MEMORY)
     }
 
-    /// Submits one request's spans and waits until they are committed. `reservation` is the memory the
-    /// request holds; it is resized to the encoded rows and released once they are committed or failed.
+    /// Whether the spool takes appends (`Err` with the reason when it is nearly full or failing); `None`
+    /// without a spool.
+    pub fn spool_health(&self) -> Option<Result<(), String>> {
+        self.spool.as_ref().map(Spool::health)
+    }
+
+    /// Spooled record bytes not yet committed in PostgreSQL (0 without a spool).
+    pub fn spool_backlog_bytes(&self) -> i64 {
+        self.spool.as_ref().map_or(0, Spool::backlog_bytes)
+    }
+
+    /// Submits one request's spans and waits until they are durable: committed, or fsync'd in the spool if
+    /// there is one. `reservation` is the memory the request holds; it is resized to the encoded rows and
+    /// released once they are durable or failed.
     pub async fn submit(
         &self,
         spans: EncodedSpans,
@@ -320,6 +421,19 @@ impl Pipeline {
     ) -> Result<(), IngestError> {
         if spans.span_count == 0 {
             return Ok(());
+        }
+        if let Some(spool) = &self.spool {
+            let appended = tokio::time::timeout_at(deadline, spool.append(&spans)).await;
+            return match appended {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(SpoolError::Full)) => Err(IngestError::SpoolFull),
+                Ok(Err(SpoolError::Unwritable(reason))) => Err(IngestError::SpoolUnwritable(reason)),
+                Ok(Err(SpoolError::Closed)) => Err(IngestError::ShuttingDown),
+                // Still appended once the disk answers, so possibly stored: a retry is read once.
+                Err(_) => Err(IngestError::SpoolUnwritable(
+                    "the spool's disk did not answer in time".into(),
+                )),
+            };
         }
         let sender = self
             .sender
@@ -345,10 +459,9 @@ impl Pipeline {
         self.metrics.inflight_bytes.inc_by(bytes as i64);
         let item = Item {
             spans,
-            ack,
+            completion: Completion::Client { ack, deadline },
             _reservation: reservation,
             bytes,
-            deadline,
         };
         match tokio::time::timeout_at(deadline, sender.send(item)).await {
             Ok(Ok(())) => {}
@@ -370,12 +483,16 @@ impl Pipeline {
         }
     }
 
-    /// Stops taking new spans. What was submitted before is still written; see [`PipelineTasks::join`].
+    /// Stops taking new spans. What was submitted before is still written (with a spool: what it holds is
+    /// drained while the shutdown grace lasts); see [`PipelineTasks::join`].
     pub fn close(&self) {
         self.sender
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();
+        if let Some(spool) = &self.spool {
+            spool.close();
+        }
     }
 
     /// Spans admitted and not yet committed or failed.
@@ -389,58 +506,101 @@ impl Pipeline {
     }
 }
 
-async fn run_batcher(config: PipelineConfig, mut items: mpsc::Receiver<Item>, batches: mpsc::Sender<Vec<Item>>) {
-    let mut pending: Vec<Item> = Vec::new();
-    let mut pending_spans = 0usize;
-    let mut pending_bytes = 0usize;
-    let mut deadline = Instant::now();
-    loop {
-        let next = tokio::select! {
-            item = items.recv() => item,
-            () = tokio::time::sleep_until(deadline), if !pending.is_empty() => {
-                pending_spans = 0;
-                pending_bytes = 0;
-                if batches.send(std::mem::take(&mut pending)).await.is_err() { return; }
-                continue;
-            }
-        };
-        let Some(item) = next else { break };
-        if pending.is_empty() {
-            deadline = Instant::now() + config.batch_max_age;
+/// Items (requests, or spooled records) the queue holds at most before submitters wait.
+const QUEUE_ITEMS: usize = 1024;
+
+/// What the writers take batches from.
+struct Queue {
+    receiver: mpsc::Receiver<Item>,
+    /// An item taken that did not fit the previous batch: first in the next.
+    carry: Option<Item>,
+}
+
+/// Group commit: waits for the first item, then takes everything else already waiting, up to the caps.
+/// `None` once every sender is gone and the queue is empty.
+async fn take_batch(queue: &tokio::sync::Mutex<Queue>, max_spans: usize, max_bytes: usize) -> Option<Vec<Item>> {
+    let mut queue = queue.lock().await;
+    let first = match queue.carry.take() {
+        Some(item) => item,
+        None => queue.receiver.recv().await?,
+    };
+    let (mut spans, mut bytes) = (first.spans.span_count, first.bytes);
+    let mut batch = vec![first];
+    while spans < max_spans && bytes < max_bytes {
+        let Ok(item) = queue.receiver.try_recv() else { break };
+        if spans + item.spans.span_count > max_spans || bytes + item.bytes > max_bytes {
+            queue.carry = Some(item);
+            break;
         }
-        pending_spans += item.spans.span_count;
-        pending_bytes += item.bytes;
-        pending.push(item);
-        if pending_spans >= config.batch_max_spans || pending_bytes >= config.batch_max_bytes {
-            pending_spans = 0;
-            pending_bytes = 0;
-            if batches.send(std::mem::take(&mut pending)).await.is_err() {
+        spans += item.spans.span_count;
+        bytes += item.bytes;
+        batch.push(item);
+    }
+    Some(batch)
+}
+
+/// Reads the spool and hands its records to the writers until it is closed and drained, or stopped. Runs on
+/// a thread of its own (file reads block).
+fn run_drainer(spool: &Spool, sender: &mpsc::Sender<Item>, budget: &MemoryBudget, runtime: &tokio::runtime::Handle) {
+    let mut reader = Reader::default();
+    while let Some(Drained { spans, ticket }) = spool.next_record(&mut reader) {
+        let bytes = spans.rows.len()
+            + spans.operation_index.len()
+            + spans.resources.iter().map(|row| row.body.len()).sum::<usize>();
+        let mut reservation = Reservation::default();
+        // Waits while the writers hold the drain budget (PostgreSQL slow or away).
+        while budget
+            .reserve_blocking(
+                runtime,
+                &mut reservation,
+                bytes.min(budget.total_bytes()),
+                Instant::now() + Duration::from_secs(1),
+            )
+            .is_err()
+        {
+            if spool.is_stopped() {
                 return;
             }
         }
-    }
-    if !pending.is_empty() {
-        let _ = batches.send(pending).await;
+        let item = Item {
+            spans,
+            completion: Completion::Spooled(ticket),
+            _reservation: reservation,
+            bytes,
+        };
+        if sender.blocking_send(item).is_err() {
+            return;
+        }
     }
 }
+
+/// What each writer task is held to.
+#[derive(Clone, Copy, Debug)]
+struct WriterConfig {
+    retry_budget: Duration,
+    max_spans: usize,
+    max_bytes: usize,
+}
+
+/// How long one attempt at writing spooled spans may take (they have no client waiting).
+const SPOOLED_WRITE_TIME: Duration = Duration::from_secs(10);
 
 /// A request needs at least this much time left for a writer to start writing it; with less it is refused
 /// (not written), so a request is never committed after its client was told it failed.
 const MIN_WRITE_TIME: Duration = Duration::from_millis(100);
 
 async fn run_writer(
-    retry_budget: Duration,
-    batches: Arc<tokio::sync::Mutex<mpsc::Receiver<Vec<Item>>>>,
+    config: WriterConfig,
+    queue: Arc<tokio::sync::Mutex<Queue>>,
     writer: Arc<SpanWriter>,
     metrics: CollectorMetrics,
     health: Arc<WriteHealth>,
 ) {
-    loop {
-        let batch = batches.lock().await.recv().await;
-        let Some(batch) = batch else { return };
+    while let Some(batch) = take_batch(&queue, config.max_spans, config.max_bytes).await {
         let now = Instant::now();
-        let (batch, expired): (Vec<Item>, Vec<Item>) =
-            batch.into_iter().partition(|item| item.deadline > now + MIN_WRITE_TIME);
+        let (batch, expired): (Vec<Item>, Vec<Item>) = batch
+            .into_iter()
+            .partition(|item| item.deadline().is_none_or(|deadline| deadline > now + MIN_WRITE_TIME));
         if !expired.is_empty() {
             metrics.requests_expired.inc_by(expired.len() as u64);
             finish(
@@ -451,10 +611,15 @@ async fn run_writer(
                 &metrics,
             );
         }
-        let Some(deadline) = batch.iter().map(|item| item.deadline).min() else {
+        if batch.is_empty() {
             continue;
-        };
-        let deadline = deadline.min(now + retry_budget);
+        }
+        // Clients' requests are bounded by their earliest deadline; spooled spans are retried until written.
+        let deadline = batch
+            .iter()
+            .filter_map(Item::deadline)
+            .min()
+            .map(|deadline| deadline.min(now + config.retry_budget));
         let parts: Vec<&EncodedSpans> = batch.iter().map(|item| &item.spans).collect();
         let outcome = write_with_retry(&writer, &parts, deadline, &metrics, &health).await;
         match outcome {
@@ -486,16 +651,28 @@ fn finish(batch: Vec<Item>, outcome: Result<(), IngestError>, metrics: &Collecto
         }
     }
     for item in batch {
-        metrics.pending_spans.dec_by(item.spans.span_count as i64);
-        metrics.inflight_bytes.dec_by(item.bytes as i64);
-        let _ = item.ack.send(outcome.clone());
+        match item.completion {
+            Completion::Client { ack, .. } => {
+                metrics.pending_spans.dec_by(item.spans.span_count as i64);
+                metrics.inflight_bytes.dec_by(item.bytes as i64);
+                let _ = ack.send(outcome.clone());
+            }
+            Completion::Spooled(ticket) => match &outcome {
+                Ok(()) => ticket.committed(),
+                Err(IngestError::Refused(reason)) => ticket.refused(reason),
+                // Not written (only when stopping): it stays in the spool for the next start.
+                Err(_) => {}
+            },
+        }
     }
 }
 
+/// Writes `parts` in one transaction, retrying what may succeed later: within `deadline` for clients'
+/// requests, until it works for spooled spans (`deadline` `None`; the shutdown grace ends that by aborting).
 async fn write_with_retry(
     writer: &SpanWriter,
     parts: &[&EncodedSpans],
-    deadline: Instant,
+    deadline: Option<Instant>,
     metrics: &CollectorMetrics,
     health: &WriteHealth,
 ) -> Result<(), IngestError> {
@@ -503,7 +680,10 @@ async fn write_with_retry(
     loop {
         let started = Instant::now();
         let attempt = health.begin();
-        let result = writer.write(parts, deadline.saturating_duration_since(started)).await;
+        let time = deadline.map_or(SPOOLED_WRITE_TIME, |deadline| {
+            deadline.saturating_duration_since(started)
+        });
+        let result = writer.write(parts, time).await;
         health.end(attempt, result.as_ref().err());
         let error = match result {
             Ok(()) => {
@@ -515,8 +695,19 @@ async fn write_with_retry(
         if error.is_data_error() {
             return Err(IngestError::Refused(error.to_string()));
         }
-        if matches!(error, tracepost_storage::StorageError::Unanswered) {
+        let unanswered = matches!(error, tracepost_storage::StorageError::Unanswered);
+        if unanswered {
             metrics.batch_outcome_unknown.inc();
+        }
+        let Some(deadline) = deadline else {
+            // Spooled: written again (if the unanswered COMMIT did land, reads show the spans once).
+            metrics.batch_write_retries.inc();
+            tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "spooled batch not written, retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            continue;
+        };
+        if unanswered {
             tracing::error!("PostgreSQL did not answer COMMIT; the batch may be stored (a retry is then read once)");
             return Err(IngestError::Unavailable(error.to_string()));
         }

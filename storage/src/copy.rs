@@ -11,6 +11,11 @@ use prost::Message;
 
 use crate::model::{Span, SpanId, SpanKind, StatusCode, TraceId};
 
+/// The layout of the rows [`encode_span_row`] and [`encode_operation_index_row`] write, as the spool records
+/// it: change it whenever [`COPY_SPANS`] or [`COPY_OPERATION_INDEX`] (their columns or types) change, and keep
+/// a way to write rows of every earlier layout a spool may still hold.
+pub const ROW_FORMAT: u32 = 1;
+
 /// The COPY statement whose column order [`encode_span_row`] follows.
 pub const COPY_SPANS: &str = "COPY spans (trace_id, span_id, parent_span_id, start_ns, duration_ns, service, name, \
      kind, status, cluster, resource_id, detail) FROM STDIN (FORMAT binary)";

@@ -226,7 +226,8 @@ pub async fn start(role: Role, config: AppConfig) -> anyhow::Result<App> {
             background.push(tokio::spawn(run_graph_expiry(span_metrics.clone())));
         }
         let writer = Arc::new(SpanWriter::new(pool.clone()));
-        let (pipeline, tasks) = Pipeline::start(config.pipeline.clone(), writer, metrics.clone());
+        let (pipeline, tasks) = Pipeline::start(config.pipeline.clone(), writer, metrics.clone())
+            .context("opening the spool (--spool-dir)")?;
         let ingest = Ingest::new(
             pipeline.clone(),
             ConvertConfig {
@@ -351,6 +352,15 @@ pub async fn start(role: Role, config: AppConfig) -> anyhow::Result<App> {
         let pending = pipeline.pending_spans();
         tasks.abort();
         abort_servers();
+        let spooled = pipeline.spool_backlog_bytes();
+        if spooled > 0 {
+            // Durable and acknowledged: written to PostgreSQL by the next start on this spool.
+            tracing::info!(
+                spooled_bytes = spooled,
+                "shutdown grace period ended with spans still in the spool; they are drained at the next start"
+            );
+            return Ok(());
+        }
         let failed = pipeline.failed_spans() - failed_before;
         if drained.is_err() || joined.is_err() || pending > 0 || failed > 0 {
             tracing::error!(
@@ -497,6 +507,24 @@ async fn readyz(State(health): State<Health>) -> Response {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .clone();
+    // With a spool, ingest is ready while the spool takes appends, whatever PostgreSQL does.
+    if let Some(pipeline) = &health.pipeline {
+        match (
+            pipeline.spool_health(),
+            problem
+                .clone()
+                .map_or_else(|| pipeline.write_health(WRITE_STALLED_AFTER), Err),
+        ) {
+            (Some(Ok(())), Ok(())) => return (StatusCode::OK, "ready\n").into_response(),
+            (Some(Ok(())), Err(reason)) => {
+                return (StatusCode::OK, format!("ready, spooling: {reason}\n")).into_response();
+            }
+            (Some(Err(reason)), _) => {
+                return (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")).into_response();
+            }
+            (None, _) => {}
+        }
+    }
     if let Some(problem) = problem {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("{problem}\n")).into_response();
     }

@@ -9,7 +9,7 @@ use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand};
 use tracepost::listener::{ListenerConfig, TlsFiles};
 use tracepost::{loadgen, AppConfig, Role};
-use tracepost_collector::{PipelineConfig, RedConfig, RouteRules};
+use tracepost_collector::{PipelineConfig, RedConfig, RouteRules, SpoolConfig};
 use tracepost_query::QueryLimits;
 use tracepost_storage::DatabaseConfig;
 
@@ -155,15 +155,19 @@ struct ServeArgs {
     /// How long a request may wait for admission before it is refused (e.g. 1s, 500ms).
     #[arg(long, env = "TRACEPOST_ADMISSION_WAIT", default_value = "1s", value_parser = parse_duration)]
     admission_wait: Duration,
-    /// Flush a batch when it holds this many spans.
+    /// Spans one transaction takes at most (a free writer takes what is waiting, up to this).
     #[arg(long, env = "TRACEPOST_BATCH_MAX_SPANS", default_value_t = PipelineConfig::default().batch_max_spans, value_parser = clap::value_parser!(u32).range(1..=1_000_000).map(|value| value as usize))]
     batch_max_spans: usize,
-    /// Flush a batch when it holds this many encoded bytes.
+    /// Encoded bytes one transaction takes at most.
     #[arg(long, env = "TRACEPOST_BATCH_MAX_BYTES", default_value_t = PipelineConfig::default().batch_max_bytes, value_parser = clap::value_parser!(u32).range(1024..=1 << 30).map(|value| value as usize))]
     batch_max_bytes: usize,
-    /// Flush a batch when its oldest request has waited this long.
-    #[arg(long, env = "TRACEPOST_BATCH_MAX_AGE", default_value = "100ms", value_parser = parse_duration)]
-    batch_max_age: Duration,
+    /// Acknowledge exports once fsync'd in a spool in this directory (one process per directory), and move
+    /// them to PostgreSQL from there; unset: acknowledge once committed in PostgreSQL.
+    #[arg(long, env = "TRACEPOST_SPOOL_DIR")]
+    spool_dir: Option<PathBuf>,
+    /// Bytes the spool may hold on disk; beyond it exports are refused (503 / UNAVAILABLE, retryable).
+    #[arg(long, env = "TRACEPOST_SPOOL_MAX_BYTES", default_value_t = 1 << 30, value_parser = clap::value_parser!(u64).range(4 << 20..))]
+    spool_max_bytes: u64,
     /// Concurrent batch writers (one PostgreSQL connection each while writing).
     #[arg(long, env = "TRACEPOST_WRITERS", default_value_t = PipelineConfig::default().writers, value_parser = clap::value_parser!(u16).range(1..=64).map(usize::from))]
     writers: usize,
@@ -277,9 +281,12 @@ impl ServeArgs {
             admission_wait: self.admission_wait,
             batch_max_spans: self.batch_max_spans,
             batch_max_bytes: self.batch_max_bytes,
-            batch_max_age: self.batch_max_age,
             writers: self.writers,
             retry_budget: self.write_retry_budget,
+            spool: self.spool_dir.clone().map(|dir| SpoolConfig {
+                dir,
+                max_bytes: self.spool_max_bytes,
+            }),
         };
         config.span_metrics = if self.disable_span_metrics {
             None

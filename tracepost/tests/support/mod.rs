@@ -53,6 +53,8 @@ impl Drop for KillOnDrop {
 pub struct Running {
     pub child: KillOnDrop,
     pub lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    /// Lines logged before the readiness line, not yet taken by [`Running::drain_lines`].
+    before_ready: Vec<String>,
     ready_line: String,
 }
 
@@ -78,6 +80,22 @@ impl Running {
             .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|value| value.trim().trim_end_matches(" kB").trim().parse().ok())
             .unwrap_or_else(|| panic!("{field} not in /proc status"))
+    }
+
+    /// SIGKILL: the process ends at once, as in a crash or an OOM kill.
+    pub fn kill9(&mut self) {
+        let mut process = self.child.0.take().expect("child");
+        process.kill().expect("kill -9");
+        process.wait().expect("reaped");
+    }
+
+    /// Log lines received so far (from the start, the first time), except the readiness line.
+    pub fn drain_lines(&mut self) -> Vec<String> {
+        let mut lines = std::mem::take(&mut self.before_ready);
+        while let Ok(line) = self.lines.try_recv() {
+            lines.push(line);
+        }
+        lines
     }
 
     pub fn sigterm(&mut self) -> std::process::Child {
@@ -112,11 +130,13 @@ pub async fn start_serve(database_url: &str, args: &[&str]) -> Running {
         }
     });
     // Readiness: the log line that names the bound addresses.
+    let mut before_ready = Vec::new();
     let ready_line = tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(line) = lines.recv().await {
             if line.contains("tracepost is ready") {
                 return line;
             }
+            before_ready.push(line);
         }
         panic!("tracepost exited before it was ready");
     })
@@ -125,6 +145,54 @@ pub async fn start_serve(database_url: &str, args: &[&str]) -> Running {
     Running {
         child,
         lines,
+        before_ready,
         ready_line,
+    }
+}
+
+fn pg_cluster(command: &str, name: &str) -> String {
+    let script = format!("{}/../scripts/pg-cluster.sh", env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new("bash")
+        .arg(&script)
+        .args([command, name])
+        .output()
+        .expect("run pg-cluster.sh");
+    assert!(
+        output.status.success(),
+        "pg-cluster.sh {command} {name}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8").trim().to_owned()
+}
+
+/// A PostgreSQL cluster of the test's own, which it may stop and start (scripts/pg-cluster.sh); destroyed
+/// when dropped.
+pub struct PrivateCluster {
+    name: String,
+    pub url: String,
+}
+
+impl PrivateCluster {
+    pub fn start(test: &str) -> Self {
+        let name = format!("{test}-{}", std::process::id());
+        let url = pg_cluster("start", &name);
+        Self { name, url }
+    }
+
+    /// Stops the server (fast shutdown: connections are closed).
+    pub fn stop(&self) {
+        pg_cluster("stop", &self.name);
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&self) {
+        let url = pg_cluster("start", &self.name);
+        assert_eq!(url, self.url, "the cluster came back on another port");
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        pg_cluster("destroy", &self.name);
     }
 }
