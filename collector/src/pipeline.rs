@@ -789,6 +789,87 @@ mod tests {
 
     /// The report: one failed write kept `/readyz` at 503 until a write succeeded, which never happens to a
     /// collector taken out of rotation. A failure now counts for a while, then readiness comes back by itself.
+    fn queued(spans: usize) -> Item {
+        let (ack, _) = oneshot::channel();
+        Item {
+            spans: EncodedSpans {
+                span_count: spans,
+                ..EncodedSpans::default()
+            },
+            completion: Completion::Client {
+                ack,
+                deadline: Instant::now() + Duration::from_secs(10),
+            },
+            _reservation: Reservation::default(),
+            bytes: spans * 100,
+        }
+    }
+
+    fn queue_of(items: Vec<Item>) -> (mpsc::Sender<Item>, tokio::sync::Mutex<Queue>) {
+        let (sender, receiver) = mpsc::channel(QUEUE_ITEMS);
+        for item in items {
+            assert!(sender.try_send(item).is_ok(), "the queue has room");
+        }
+        (sender, tokio::sync::Mutex::new(Queue { receiver, carry: None }))
+    }
+
+    fn span_counts(batch: &[Item]) -> Vec<usize> {
+        batch.iter().map(|item| item.spans.span_count).collect()
+    }
+
+    /// Group commit: a free writer takes the requests that are waiting, all of them up to the caps, and
+    /// what did not fit goes first in the next transaction.
+    #[tokio::test]
+    async fn a_free_writer_takes_everything_waiting_up_to_the_caps() {
+        let (_sender, queue) = queue_of((1..=5).map(|_| queued(100)).collect());
+        let first = take_batch(&queue, 300, usize::MAX).await.expect("batch");
+        assert_eq!(span_counts(&first), [100, 100, 100]);
+        let second = take_batch(&queue, 300, usize::MAX).await.expect("batch");
+        assert_eq!(span_counts(&second), [100, 100]);
+        let (_sender, queue) = queue_of(vec![queued(10), queued(10), queued(10)]);
+        let by_bytes = take_batch(&queue, usize::MAX, 2000).await.expect("batch");
+        assert_eq!(span_counts(&by_bytes), [10, 10]);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_does_not_fit_goes_first_in_the_next_batch_and_a_huge_one_goes_alone() {
+        let (_sender, queue) = queue_of(vec![queued(200), queued(200), queued(5000), queued(1)]);
+        assert_eq!(
+            span_counts(&take_batch(&queue, 1000, usize::MAX).await.expect("batch")),
+            [200, 200]
+        );
+        assert_eq!(
+            span_counts(&take_batch(&queue, 1000, usize::MAX).await.expect("batch")),
+            [5000]
+        );
+        assert_eq!(
+            span_counts(&take_batch(&queue, 1000, usize::MAX).await.expect("batch")),
+            [1]
+        );
+    }
+
+    /// No timer: one request waiting is taken at once, not held back for company.
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_request_is_taken_without_waiting_for_more() {
+        let (_sender, queue) = queue_of(vec![queued(4)]);
+        let started = Instant::now();
+        let batch = take_batch(&queue, 8192, 8 << 20).await.expect("batch");
+        assert_eq!(span_counts(&batch), [4]);
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "the batch waited on the (paused) clock"
+        );
+    }
+
+    #[tokio::test]
+    async fn writers_stop_once_every_sender_is_gone_and_the_queue_is_empty() {
+        let (sender, queue) = queue_of(vec![queued(1)]);
+        drop(sender);
+        assert!(take_batch(&queue, 10, 10_000).await.is_some());
+        assert!(take_batch(&queue, 10, 10_000).await.is_none());
+    }
+
     #[test]
     fn a_failed_write_fails_readiness_for_a_while_not_forever() {
         let health = WriteHealth::default();
