@@ -42,13 +42,17 @@ pub struct LoadgenArgs {
     /// Spans to send in all (rounded up to whole requests).
     #[arg(long, default_value_t = 100_000)]
     pub spans: u64,
-    /// Target spans per second; 0 sends as fast as the collector acknowledges.
+    /// Target spans per second: request N is sent no earlier than N x --request-spans / --rate seconds after
+    /// the start (a client still waiting for an answer when its next request is due sends it as soon as the
+    /// answer comes); 0 sends as fast as the collector acknowledges.
     #[arg(long, default_value_t = 0)]
     pub rate: u64,
-    /// Requests in flight at once.
+    /// Requests in flight at once: each of this many clients sends one request and waits for its answer
+    /// before the next.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
-    /// Spans per export request (Linkerd proxies send up to 1000).
+    /// Spans per export request, rounded up to a multiple of 4 (a request's last trace is cut short to fit,
+    /// at a hop boundary). Linkerd proxies send up to 1000.
     #[arg(long, default_value_t = 1000)]
     pub request_spans: usize,
     /// Share of hops answering 5xx.
@@ -178,7 +182,8 @@ fn generate_request(args: &LoadgenArgs, resources: &[Resource], index: u64, base
         if first_trace_id == [0; 16] {
             first_trace_id = trace_id;
         }
-        let hops = 1 + rng.below(10);
+        // Four spans per hop; the last trace gets only the hops the request has room for.
+        let hops = (1 + rng.below(10)).min((args.request_spans - spans).div_ceil(4));
         let mut parent = rng.next().to_be_bytes().to_vec();
         let mut caller = rng.below(SERVICES.len());
         let mut start = trace_start;
@@ -303,6 +308,18 @@ fn write_copy_text(out: &mut impl Write, request: &ExportTraceServiceRequest) ->
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// The nearest-rank percentile of `sorted` (ascending): the smallest value that at least `percent` % of the
+/// values do not exceed, so 100 is the maximum; `None` when there are no values.
+fn percentile(sorted: &[u32], percent: usize) -> Option<u32> {
+    let rank = (percent * sorted.len()).div_ceil(100).max(1);
+    sorted.get(rank - 1).copied()
+}
+
+/// Microseconds as milliseconds for the summary, or `-` when there is no value.
+fn milliseconds(micros: Option<u32>) -> String {
+    micros.map_or_else(|| "-".into(), |micros| format!("{:.3}", f64::from(micros) / 1000.0))
 }
 
 #[derive(Default)]
@@ -505,11 +522,13 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
             next_request.clone(),
             sample_trace.clone(),
         );
+        // Each worker returns the latency of every request it got acknowledged, in microseconds.
         workers.push(tokio::spawn(async move {
+            let mut latencies: Vec<u32> = Vec::new();
             loop {
                 let index = next_request.fetch_add(1, Ordering::Relaxed);
                 if index >= requests {
-                    return;
+                    return latencies;
                 }
                 if args.rate > 0 {
                     let due = started
@@ -532,8 +551,10 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
                 };
                 let mut attempt = 0;
                 loop {
+                    let sent = Instant::now();
                     match client.send(&payload).await {
                         Ok(response) => {
+                            latencies.push(u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX));
                             let rejected = response
                                 .partial_success
                                 .map_or(0, |partial| partial.rejected_spans.max(0) as u64);
@@ -564,14 +585,17 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
             }
         }));
     }
+    let mut latencies = Vec::new();
     for worker in workers {
-        worker.await?;
+        latencies.extend(worker.await?);
     }
     if let Some(progress) = progress {
         progress.abort();
     }
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = process_cpu_seconds() - cpu_before;
+    latencies.sort_unstable();
+    let [p50, p90, p99, max] = [50, 90, 99, 100].map(|percent| milliseconds(percentile(&latencies, percent)));
     let acked = counters.spans_acked.load(Ordering::Relaxed);
     let failed = counters.requests_failed.load(Ordering::Relaxed);
     let sample = sample_trace
@@ -600,8 +624,9 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
         "  loadgen cpu:        {cpu:.2} s ({:.0} % of one core)",
         100.0 * cpu / elapsed
     );
+    println!("  latency (ms):       p50 {p50}   p90 {p90}   p99 {p99}   max {max}   (per acknowledged request, its last attempt from send to answer)");
     println!("  sample trace id:    {sample}");
-    println!("RESULT spans={acked} elapsed_s={elapsed:.3} rate={:.0} loadgen_cpu_s={cpu:.2} failed={failed} trace_id={sample}", acked as f64 / elapsed);
+    println!("RESULT spans={acked} elapsed_s={elapsed:.3} rate={:.0} loadgen_cpu_s={cpu:.2} failed={failed} trace_id={sample} p50_ms={p50} p90_ms={p90} p99_ms={p99} max_ms={max}", acked as f64 / elapsed);
     if failed > 0 {
         anyhow::bail!("{failed} export request(s) failed");
     }
@@ -642,8 +667,7 @@ mod tests {
             .flat_map(|r| r.scope_spans.iter())
             .flat_map(|s| s.spans.iter())
             .collect();
-        assert!(spans.len() >= 200 && spans.len() < 240, "{}", spans.len());
-        assert_eq!(spans.len() % 4, 0, "four proxy spans per hop");
+        assert_eq!(spans.len(), 200, "exactly --request-spans spans");
         for span in &spans {
             assert_eq!(span.status.as_ref().map(|s| s.code), Some(0), "status is always UNSET");
             assert!(span.attributes.iter().all(|kv| matches!(
@@ -672,5 +696,40 @@ mod tests {
         assert_eq!(clusters.len(), 2, "traces cross both clusters");
         let errors = spans.iter().filter(|span| span.attributes.iter().any(|kv| kv.key == "http.response.status_code" && matches!(kv.value.as_ref().and_then(|v| v.value.as_ref()), Some(any_value::Value::StringValue(code)) if code == "503"))).count();
         assert!(errors > 0, "a share of 5xx");
+    }
+
+    #[test]
+    fn request_spans_round_up_to_whole_hops() {
+        let resources: Vec<Resource> = (0..SERVICES.len() * REPLICAS).map(pod_resource).collect();
+        for (asked, sent) in [(1, 4), (4, 4), (5, 8), (500, 500), (512, 512)] {
+            let args = LoadgenArgs {
+                request_spans: asked,
+                ..args()
+            };
+            for index in 0..20 {
+                assert_eq!(
+                    generate_request(&args, &resources, index, 1_000).span_count,
+                    sent,
+                    "{asked} asked"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let hundred: Vec<u32> = (1..=100).collect();
+        assert_eq!(
+            [50, 90, 99, 100].map(|percent| percentile(&hundred, percent)),
+            [Some(50), Some(90), Some(99), Some(100)]
+        );
+        let thousand: Vec<u32> = (1..=1000).collect();
+        assert_eq!(percentile(&thousand, 99), Some(990));
+        assert_eq!(percentile(&[1, 2, 3], 50), Some(2));
+        assert_eq!(percentile(&[1, 2, 3], 0), Some(1));
+        assert_eq!(percentile(&[7], 99), Some(7));
+        assert_eq!(percentile(&[], 50), None);
+        assert_eq!(milliseconds(Some(1_234)), "1.234");
+        assert_eq!(milliseconds(None), "-");
     }
 }
