@@ -349,6 +349,9 @@ impl Pipeline {
                 }
             }));
         }
+        let warm = writer.clone();
+        let connections = config.writers.max(1);
+        background.push(tokio::spawn(async move { warm.warm_up(connections).await }));
         let writers = (0..config.writers.max(1))
             .map(|_| {
                 tokio::spawn(run_writer(

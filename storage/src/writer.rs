@@ -107,6 +107,31 @@ impl SpanWriter {
         }
     }
 
+    /// Opens `connections` pooled connections and has each read the span tables' catalog entries (every
+    /// partition's), so the first writes after a start do not pay for a new backend and a cold relation cache
+    /// (about 100-250 ms on a fresh server). Best effort: a database that is not reachable yet is not waited for.
+    pub async fn warm_up(&self, connections: usize) {
+        let mut clients = Vec::with_capacity(connections);
+        for _ in 0..connections {
+            match tokio::time::timeout(Duration::from_secs(5), self.pool.get()).await {
+                Ok(Ok(client)) => clients.push(client),
+                _ => return,
+            }
+        }
+        for client in &clients {
+            let warmed = client
+                .batch_execute(
+                    "EXPLAIN SELECT * FROM spans; EXPLAIN SELECT * FROM operation_index; \
+                     EXPLAIN SELECT * FROM resources; EXPLAIN SELECT * FROM operations",
+                )
+                .await;
+            if let Err(error) = warmed {
+                tracing::debug!(%error, "warming up a writer connection failed");
+                return;
+            }
+        }
+    }
+
     fn unknown_resources<'a>(&self, parts: &[&'a EncodedSpans]) -> Vec<&'a ResourceRow> {
         let known = self
             .known_resources
