@@ -156,6 +156,21 @@ async fn metric(addr: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("{name} not in /metrics"))
 }
 
+/// The calls the RED metrics counted for `service`, all series together (0 when it has none).
+async fn calls_counted(addr: &str, service: &str) -> f64 {
+    let (status, body) = get(addr, "/metrics").await;
+    assert_eq!(status, 200, "/metrics");
+    let label = format!("service_name=\"{service}\"");
+    body.lines()
+        .filter(|line| line.starts_with("traces_span_metrics_calls_total{") && line.contains(&label))
+        .map(|line| {
+            line.rsplit_once(' ')
+                .and_then(|(_, value)| value.parse::<f64>().ok())
+                .expect("a sample value")
+        })
+        .sum()
+}
+
 /// Every export sent, by trace ID: its span count and what the collector answered.
 #[derive(Default)]
 struct Ledger {
@@ -658,7 +673,8 @@ async fn a_full_spool_disk_refuses_clearly_and_recovers_when_space_returns() {
 
 /// A torn segment (the last record cut short, as a crash mid-write or a full disk leaves it): the next
 /// start keeps and drains the intact records, skips the torn one and reports the damage in the log and
-/// `/metrics`.
+/// `/metrics`. The RED metrics counted the spans when the spool acknowledged them, and the replay counts
+/// nothing again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torn_spool_segment_keeps_its_intact_records_and_reports_the_damage() {
     let database_url = fresh_database("spool_torn").await;
@@ -670,6 +686,7 @@ async fn a_torn_spool_segment_keeps_its_intact_records_and_reports_the_damage() 
     for trace in &traces {
         assert_eq!(export(&http, &export_body(*trace, 10)).await.status, 200);
     }
+    assert_eq!(calls_counted(&tracepost.address("query"), "faults").await, 100.0);
     let exited = tracepost.sigterm().wait().expect("exit");
     assert!(exited.success(), "spans left in the spool are not a failed shutdown");
     let segments = spool.segments();
@@ -692,6 +709,11 @@ async fn a_torn_spool_segment_keeps_its_intact_records_and_reports_the_damage() 
         "the torn record was written"
     );
     assert_eq!(metric(&query, "tracepost_spool_damaged_segments_total").await, 1.0);
+    assert_eq!(
+        calls_counted(&query, "faults").await,
+        0.0,
+        "the replay counted spans again"
+    );
     assert!(metric(&query, "tracepost_spool_damaged_bytes_total").await > 0.0);
     let lines = tracepost.drain_lines();
     assert!(
