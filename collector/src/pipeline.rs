@@ -426,7 +426,8 @@ impl Pipeline {
             return Ok(());
         }
         if let Some(spool) = &self.spool {
-            let appended = tokio::time::timeout_at(deadline, spool.append(&spans)).await;
+            // The reservation stays with the record until it is written, even if the request stops waiting.
+            let appended = tokio::time::timeout_at(deadline, spool.append(&spans, reservation)).await;
             return match appended {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(SpoolError::Full)) => Err(IngestError::SpoolFull),

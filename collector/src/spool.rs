@@ -35,6 +35,7 @@ use tokio::sync::oneshot;
 use tracepost_storage::EncodedSpans;
 
 use crate::metrics::SpoolMetrics;
+use crate::pipeline::Reservation;
 use format::{FRAME_BYTES, HEADER_BYTES};
 
 /// Where and how much to spool.
@@ -48,6 +49,9 @@ pub struct SpoolConfig {
 /// The spool is reported not ready (`/readyz`) once it is this full, so a load balancer sends elsewhere
 /// before it refuses.
 const NEAR_FULL_RATIO: f64 = 0.9;
+
+/// A write (and its fsync) taking longer than this makes the spool not ready: its disk hangs.
+const WRITE_STALLED_AFTER: Duration = Duration::from_secs(2);
 
 /// Why an append was not acknowledged.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -90,12 +94,17 @@ struct Shared {
 struct State {
     waiting: Vec<Waiting>,
     waiting_bytes: u64,
+    /// Bytes of the group the appender is writing, and since when (a disk that hangs shows here).
+    writing_bytes: u64,
+    writing_since: Option<std::time::Instant>,
     /// No more appends; the appender exits once it has written what is waiting.
     closed: bool,
     appender_done: bool,
     /// The drainer stops where it is (shutdown grace over, or the pipeline aborted).
     stopped: bool,
     segments: BTreeMap<u64, Segment>,
+    /// Bytes of the segment files this spool drains (segments of a newer version, left alone, are not
+    /// counted against `--spool-max-bytes`).
     disk_bytes: u64,
     /// Set while appends fail (a full disk), with the reason; cleared by the next append that works.
     write_failure: Option<String>,
@@ -109,6 +118,8 @@ struct Waiting {
     record: BytesMut,
     spans: usize,
     done: oneshot::Sender<Result<(), SpoolError>>,
+    /// The request's memory: released once the record is written, even if the request gave up waiting.
+    _reservation: Reservation,
 }
 
 #[derive(Debug)]
@@ -182,12 +193,14 @@ impl Spool {
     /// Opens (or creates) the spool directory, takes its lock, lists the segments an earlier run left (to be
     /// drained) and starts a new segment and the appender thread.
     pub fn open(config: &SpoolConfig, metrics: SpoolMetrics) -> io::Result<Self> {
-        std::fs::create_dir_all(&config.dir)?;
+        let named = |error: io::Error| io::Error::new(error.kind(), format!("{}: {error}", config.dir.display()));
+        std::fs::create_dir_all(&config.dir).map_err(named)?;
         let lock = File::options()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(config.dir.join("lock"))?;
+            .open(config.dir.join("lock"))
+            .map_err(named)?;
         lock.try_lock().map_err(|_| {
             io::Error::new(
                 io::ErrorKind::WouldBlock,
@@ -196,13 +209,18 @@ impl Spool {
         })?;
         let mut state = State::default();
         let mut backlog = 0u64;
-        for entry in std::fs::read_dir(&config.dir)? {
-            let entry = entry?;
+        for entry in std::fs::read_dir(&config.dir).map_err(named)? {
+            let entry = entry.map_err(named)?;
             let name = entry.file_name();
             let Some(sequence) = name.to_str().and_then(format::parse_segment_name) else {
                 continue;
             };
-            let len = entry.metadata()?.len();
+            let metadata = entry.metadata().map_err(named)?;
+            if !metadata.is_file() {
+                tracing::warn!(path = %entry.path().display(), "not a file, ignored in the spool directory");
+                continue;
+            }
+            let len = metadata.len();
             state.disk_bytes += len;
             backlog += len.saturating_sub(HEADER_BYTES);
             state.segments.insert(
@@ -226,7 +244,15 @@ impl Spool {
         }
         metrics.capacity_bytes.set(config.max_bytes as i64);
         metrics.backlog_bytes.set(backlog as i64);
-        let next = state.segments.keys().next_back().map_or(1, |last| last + 1);
+        let next = match state.segments.keys().next_back() {
+            None => 1,
+            Some(last) => last.checked_add(1).ok_or_else(|| {
+                io::Error::other(format!(
+                    "{}: segment numbers are exhausted (a segment is named {last}); move the segments away",
+                    config.dir.display()
+                ))
+            })?,
+        };
         let shared = Arc::new(Shared {
             dir: config.dir.clone(),
             max_bytes: config.max_bytes,
@@ -236,17 +262,18 @@ impl Spool {
             metrics,
             _lock: lock,
         });
-        let active = shared.create_segment(next)?;
+        // A full disk must not keep the process from starting (and draining what it holds): the first
+        // segment is created when the first record comes, and retried while that fails.
         let appender = shared.clone();
         std::thread::Builder::new()
             .name("spool-append".into())
-            .spawn(move || appender.run_appender(active))?;
+            .spawn(move || appender.run_appender(next))?;
         Ok(Self { shared })
     }
 
     /// Appends one request's spans and returns once they are durable (written and fsync'd, sharing the
     /// fsync with every request appended meanwhile).
-    pub async fn append(&self, spans: &EncodedSpans) -> Result<(), SpoolError> {
+    pub async fn append(&self, spans: &EncodedSpans, reservation: Reservation) -> Result<(), SpoolError> {
         let record = format::encode_record(spans, tracepost_storage::time::now_unix_nanos());
         let (done, durable) = oneshot::channel();
         {
@@ -255,7 +282,7 @@ impl Spool {
                 return Err(SpoolError::Closed);
             }
             let len = record.len() as u64;
-            if state.disk_bytes + state.waiting_bytes + len > self.shared.max_bytes {
+            if state.disk_bytes + state.waiting_bytes + state.writing_bytes + len > self.shared.max_bytes {
                 self.shared.metrics.refused("full");
                 return Err(SpoolError::Full);
             }
@@ -264,6 +291,7 @@ impl Spool {
                 record,
                 spans: spans.span_count,
                 done,
+                _reservation: reservation,
             });
         }
         self.shared.changed.notify_all();
@@ -276,10 +304,19 @@ impl Spool {
         if let Some(failure) = &state.write_failure {
             return Err(format!("the spool cannot be written: {failure}"));
         }
-        let used = state.disk_bytes + state.waiting_bytes;
+        if let Some(since) = state
+            .writing_since
+            .filter(|since| since.elapsed() > WRITE_STALLED_AFTER)
+        {
+            return Err(format!(
+                "the spool's disk has not finished a write for {:.1}s",
+                since.elapsed().as_secs_f64()
+            ));
+        }
+        let used = state.disk_bytes + state.waiting_bytes + state.writing_bytes;
         if used as f64 >= self.shared.max_bytes as f64 * NEAR_FULL_RATIO {
             return Err(format!(
-                "the spool is {:.0}% full ({used} of {} bytes): PostgreSQL is not taking spans as fast as they come",
+                "the spool is {:.0}% full ({used} of {} bytes): PostgreSQL is slow or unreachable",
                 100.0 * used as f64 / self.shared.max_bytes as f64,
                 self.shared.max_bytes
             ));
@@ -354,10 +391,11 @@ impl Reader {
         if self.file.as_ref().map(|(open, _)| *open) != Some(segment) {
             match File::open(&path) {
                 Ok(file) => self.file = Some((segment, file)),
-                Err(error) => {
-                    shared.damaged(segment, from, to, &format!("cannot be opened: {error}"));
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                    shared.damaged(segment, from, to, "the file is gone");
                     return None;
                 }
+                Err(error) => return transient(&path, &error),
             }
         }
         let file = &self.file.as_ref().expect("opened above").1;
@@ -383,7 +421,10 @@ impl Reader {
         }
         let mut frame = [0u8; FRAME_BYTES as usize];
         if let Err(error) = file.read_exact_at(&mut frame, from) {
-            return damage(&format!("read failed: {error}"));
+            return match error.kind() {
+                io::ErrorKind::UnexpectedEof => damage("the file is shorter than it was"),
+                _ => transient(&path, &error),
+            };
         }
         let Some(frame) = format::parse_frame(frame) else {
             return damage("a record's length is impossible");
@@ -394,7 +435,10 @@ impl Reader {
         }
         let mut payload = vec![0u8; frame.len as usize];
         if let Err(error) = file.read_exact_at(&mut payload, from + FRAME_BYTES) {
-            return damage(&format!("read failed: {error}"));
+            return match error.kind() {
+                io::ErrorKind::UnexpectedEof => damage("the file is shorter than it was"),
+                _ => transient(&path, &error),
+            };
         }
         if !format::payload_intact(frame, &payload) {
             return damage("a record's checksum does not match");
@@ -422,10 +466,21 @@ impl Shared {
         self.dir.join(format::segment_name(segment))
     }
 
-    /// Creates a segment (header written and fsync'd, the directory entry too) and records it as active.
-    fn create_segment(&self, sequence: u64) -> io::Result<ActiveSegment> {
-        let path = self.path(sequence);
-        let file = File::options().create_new(true).write(true).open(&path)?;
+    /// Creates a segment numbered `sequence` or, if a file already has that name, the next free number
+    /// (header written and fsync'd, the directory entry too) and records it as active.
+    fn create_segment(&self, mut sequence: u64) -> io::Result<ActiveSegment> {
+        let (path, file) = loop {
+            let path = self.path(sequence);
+            match File::options().create_new(true).write(true).open(&path) {
+                Ok(file) => break (path, file),
+                Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+                    sequence = sequence
+                        .checked_add(1)
+                        .ok_or_else(|| io::Error::other("segment numbers are exhausted"))?;
+                }
+                Err(error) => return Err(error),
+            }
+        };
         let created = file
             .write_all_at(&format::header(), 0)
             .and_then(|()| file.sync_all())
@@ -455,7 +510,9 @@ impl Shared {
         })
     }
 
-    fn run_appender(self: Arc<Self>, mut active: ActiveSegment) {
+    fn run_appender(self: Arc<Self>, first_sequence: u64) {
+        let mut active: Option<ActiveSegment> = None;
+        let mut next_sequence = first_sequence;
         loop {
             let group = {
                 let mut state = self.lock();
@@ -467,81 +524,132 @@ impl Shared {
                 }
                 if state.waiting.is_empty() {
                     state.appender_done = true;
-                    if let Some(segment) = state.segments.get_mut(&active.sequence) {
-                        segment.sealed = true;
+                    if let Some(active) = &active {
+                        if let Some(segment) = state.segments.get_mut(&active.sequence) {
+                            segment.sealed = true;
+                        }
+                        self.delete_if_drained(&mut state, active.sequence);
                     }
-                    let sequence = active.sequence;
-                    self.delete_if_drained(&mut state, sequence);
                     drop(state);
                     self.changed.notify_all();
                     return;
                 }
-                state.waiting_bytes = 0;
+                state.writing_bytes = std::mem::take(&mut state.waiting_bytes);
+                state.writing_since = Some(std::time::Instant::now());
                 std::mem::take(&mut state.waiting)
             };
-            let outcome = self.write_group(&mut active, &group);
-            if let Err(reason) = &outcome {
-                self.metrics.refused("write_error");
-                let mut state = self.lock();
-                if state.write_failure.is_none() {
-                    tracing::error!(
-                        %reason,
-                        dir = %self.dir.display(),
-                        "the spool cannot be written: exports are refused (retryable) until it can"
-                    );
+            let outcome = self.write_group(&mut active, &mut next_sequence, &group);
+            let mut state = self.lock();
+            state.writing_bytes = 0;
+            state.writing_since = None;
+            match &outcome {
+                Ok(()) => {
+                    if state.write_failure.take().is_some() {
+                        tracing::info!(dir = %self.dir.display(), "the spool is writable again");
+                    }
                 }
-                state.write_failure = Some(reason.clone());
+                Err(reason) => {
+                    self.metrics.refused("write_error");
+                    if state.write_failure.is_none() {
+                        tracing::error!(
+                            %reason,
+                            dir = %self.dir.display(),
+                            "the spool cannot be written: exports are refused (retryable) until it can"
+                        );
+                    }
+                    state.write_failure = Some(reason.clone());
+                }
             }
+            drop(state);
+            self.changed.notify_all();
             for waiting in group {
                 let _ = waiting.done.send(outcome.clone().map_err(SpoolError::Unwritable));
             }
         }
     }
 
-    /// Writes a group of records with one write and one fdatasync, starting a new segment first if the
-    /// active one is full. On failure nothing of the group counts as written (the file is cut back).
-    fn write_group(&self, active: &mut ActiveSegment, group: &[Waiting]) -> Result<(), String> {
-        let bytes: usize = group.iter().map(|waiting| waiting.record.len()).sum();
-        if active.len > HEADER_BYTES && active.len + bytes as u64 > self.segment_bytes {
-            let next = self
-                .create_segment(active.sequence + 1)
-                .map_err(|error| error.to_string())?;
-            let previous = std::mem::replace(active, next);
+    /// Makes room in the active segment for `bytes`: a segment whose records are all committed is emptied
+    /// in place (no new file needed, so this works on a full disk too), a full one is sealed for a new one.
+    fn prepare_segment(
+        &self,
+        active: &mut Option<ActiveSegment>,
+        next_sequence: &mut u64,
+        bytes: u64,
+    ) -> io::Result<()> {
+        if let Some(segment) = active.as_mut() {
             let mut state = self.lock();
-            if let Some(segment) = state.segments.get_mut(&previous.sequence) {
-                segment.sealed = true;
+            let drained = state
+                .segments
+                .get(&segment.sequence)
+                .is_some_and(|state| state.read_to >= state.len && state.outstanding == 0);
+            let worth_it = segment.len + bytes > self.segment_bytes
+                || segment.len >= self.segment_bytes / 4
+                || state.write_failure.is_some();
+            if drained && segment.len > HEADER_BYTES && worth_it {
+                // Nothing in it is needed any more: cut it back to its header, under the lock so the drainer
+                // never reads between the cut and the next write.
+                segment.file.set_len(HEADER_BYTES)?;
+                state.disk_bytes = state.disk_bytes.saturating_sub(segment.len - HEADER_BYTES);
+                self.metrics.disk_bytes.set(state.disk_bytes as i64);
+                if let Some(state) = state.segments.get_mut(&segment.sequence) {
+                    state.len = HEADER_BYTES;
+                    state.read_to = HEADER_BYTES;
+                }
+                segment.len = HEADER_BYTES;
             }
-            self.delete_if_drained(&mut state, previous.sequence);
         }
+        let full = active
+            .as_ref()
+            .is_some_and(|segment| segment.len > HEADER_BYTES && segment.len + bytes > self.segment_bytes);
+        if active.is_none() || full {
+            let next = self.create_segment(*next_sequence)?;
+            *next_sequence = next.sequence + 1;
+            if let Some(previous) = active.replace(next) {
+                let mut state = self.lock();
+                if let Some(segment) = state.segments.get_mut(&previous.sequence) {
+                    segment.sealed = true;
+                }
+                self.delete_if_drained(&mut state, previous.sequence);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a group of records with one write and one fdatasync. On failure nothing of the group counts
+    /// as written (the file is cut back to its last whole record).
+    fn write_group(
+        &self,
+        active: &mut Option<ActiveSegment>,
+        next_sequence: &mut u64,
+        group: &[Waiting],
+    ) -> Result<(), String> {
+        let bytes: usize = group.iter().map(|waiting| waiting.record.len()).sum();
+        self.prepare_segment(active, next_sequence, bytes as u64)
+            .map_err(|error| error.to_string())?;
+        let segment = active.as_mut().expect("prepared above");
         let mut buffer = Vec::with_capacity(bytes);
         for waiting in group {
             buffer.extend_from_slice(&waiting.record);
         }
-        let written = active
+        let written = segment
             .file
-            .write_all_at(&buffer, active.len)
-            .and_then(|()| active.file.sync_data());
+            .write_all_at(&buffer, segment.len)
+            .and_then(|()| segment.file.sync_data());
         if let Err(error) = written {
-            // Cut back what may have reached the file, so the segment's valid part ends where it did.
-            let _ = active.file.set_len(active.len);
+            let _ = segment.file.set_len(segment.len);
             return Err(error.to_string());
         }
-        active.len += bytes as u64;
+        segment.len += bytes as u64;
         let spans: usize = group.iter().map(|waiting| waiting.spans).sum();
         self.metrics.fsyncs.inc();
         self.metrics.appended_spans.inc_by(spans as u64);
         self.metrics.backlog_bytes.inc_by(bytes as i64);
         let mut state = self.lock();
-        if state.write_failure.take().is_some() {
-            tracing::info!(dir = %self.dir.display(), "the spool is writable again");
-        }
         state.disk_bytes += bytes as u64;
         self.metrics.disk_bytes.set(state.disk_bytes as i64);
-        if let Some(segment) = state.segments.get_mut(&active.sequence) {
-            segment.len = active.len;
+        if let Some(state) = state.segments.get_mut(&segment.sequence) {
+            state.len = segment.len;
         }
-        drop(state);
-        self.changed.notify_all();
         Ok(())
     }
 
@@ -619,14 +727,22 @@ impl Shared {
 
     /// A segment written by a newer version: left alone (a downgrade must not destroy it).
     fn keep(&self, segment: u64, reason: &str) {
-        tracing::error!(segment = %self.path(segment).display(), %reason, "spool segment left as it is");
+        tracing::error!(
+            segment = %self.path(segment).display(),
+            %reason,
+            "spool segment left as it is (and not counted against --spool-max-bytes); move it to a newer tracepost"
+        );
         let mut state = self.lock();
-        if let Some(segment) = state.segments.get_mut(&segment) {
-            self.metrics
-                .backlog_bytes
-                .dec_by(segment.len.saturating_sub(HEADER_BYTES) as i64);
-            segment.keep = true;
-        }
+        let Some(kept) = state.segments.get_mut(&segment) else {
+            return;
+        };
+        kept.keep = true;
+        let len = kept.len;
+        self.metrics
+            .backlog_bytes
+            .dec_by(len.saturating_sub(HEADER_BYTES) as i64);
+        state.disk_bytes = state.disk_bytes.saturating_sub(len);
+        self.metrics.disk_bytes.set(state.disk_bytes as i64);
     }
 
     fn delete_if_drained(&self, state: &mut State, sequence: u64) {
@@ -644,6 +760,14 @@ impl Shared {
             }
         }
     }
+}
+
+/// A read that failed for a reason that may pass (out of file descriptors, an I/O error): logged, and the
+/// same record is read again a second later; nothing is skipped.
+fn transient(path: &Path, error: &io::Error) -> Option<Drained> {
+    tracing::warn!(%error, segment = %path.display(), "reading the spool failed, retrying in 1s");
+    std::thread::sleep(Duration::from_secs(1));
+    None
 }
 
 /// The segment the appender writes to.

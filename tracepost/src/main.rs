@@ -273,6 +273,18 @@ impl ServeArgs {
                  decompressed form are both held while it is decoded)"
             );
         }
+        if self.spool_dir.is_some() && self.spool_max_bytes < self.max_inflight_bytes as u64 {
+            anyhow::bail!(
+                "--spool-max-bytes must be at least --max-inflight-bytes (a request's spans, up to that much, must \
+                 fit in the spool)"
+            );
+        }
+        if self.spool_dir.is_some() && self.spool_max_bytes < self.max_inflight_bytes as u64 {
+            anyhow::bail!(
+                "--spool-max-bytes must be at least --max-inflight-bytes (a request's spans, up to that much, must \
+                 fit in the spool)"
+            );
+        }
         config.max_operations_per_service = self.max_operations_per_service;
         config.shutdown_grace = self.shutdown_grace;
         config.partition_days_ahead = self.partition_days_ahead;

@@ -94,11 +94,12 @@ pub struct Frame {
     pub crc: u32,
 }
 
-/// Reads a frame; `None` when its length cannot be a record's.
+/// Reads a frame; `None` when its length cannot be a record's (no record is empty: zeros where a frame
+/// should be are a file's unwritten tail, not a record).
 pub fn parse_frame(bytes: [u8; FRAME_BYTES as usize]) -> Option<Frame> {
     let len = u64::from(u32::from_le_bytes(bytes[..4].try_into().expect("four bytes")));
     let crc = u32::from_le_bytes(bytes[4..].try_into().expect("four bytes"));
-    (len <= MAX_RECORD_BYTES).then_some(Frame { len, crc })
+    (1..=MAX_RECORD_BYTES).contains(&len).then_some(Frame { len, crc })
 }
 
 /// Whether `payload` is what `frame` announced.
@@ -325,6 +326,17 @@ mod tests {
             assert_eq!(records.len(), 1, "cut {cut}");
             assert_eq!(end, intact_end, "cut {cut}");
         }
+    }
+
+    /// A tail of zeros (a file extended but never written) would pass as empty records with a zero CRC.
+    #[test]
+    fn zeros_where_a_record_should_be_end_the_valid_part() {
+        let first = encode_record(&spans(2), 1);
+        let mut whole = segment_of(std::slice::from_ref(&first));
+        whole.extend_from_slice(&[0u8; 64]);
+        let (records, end) = split_records(whole.freeze()).expect("header");
+        assert_eq!(records.len(), 1);
+        assert_eq!(end, HEADER_BYTES + first.len() as u64);
     }
 
     #[test]
