@@ -221,6 +221,13 @@ impl Spool {
                 continue;
             }
             let len = metadata.len();
+            if len < HEADER_BYTES {
+                // Created by a run that died before its header was durable: it never held a record.
+                metrics.damaged_segments.inc();
+                tracing::warn!(path = %entry.path().display(), len, "spool segment without a header, deleted");
+                let _ = std::fs::remove_file(entry.path());
+                continue;
+            }
             state.disk_bytes += len;
             backlog += len.saturating_sub(HEADER_BYTES);
             state.segments.insert(

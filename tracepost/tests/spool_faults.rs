@@ -739,7 +739,7 @@ async fn a_spool_disk_smaller_than_the_traffic_keeps_working_as_it_drains() {
 
 /// A torn segment (the last record cut short, as a crash mid-write or a full disk leaves it): the next
 /// start keeps and drains the intact records, skips the torn one and reports the damage in the log and
-/// `/metrics`. The RED metrics counted the spans when the spool acknowledged them, and the replay counts
+/// `/metrics`; an empty segment file (a crash while creating it) is deleted and counted. The RED metrics counted the spans when the spool acknowledged them, and the replay counts
 /// nothing again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torn_spool_segment_keeps_its_intact_records_and_reports_the_damage() {
@@ -764,6 +764,9 @@ async fn a_torn_spool_segment_keeps_its_intact_records_and_reports_the_damage() 
         .expect("open segment")
         .set_len(len - 5)
         .expect("tear the last record");
+    // And a segment whose creation never got as far as its header.
+    let headerless = spool.0.join("segment-00000000000000000000.tps");
+    std::fs::write(&headerless, b"").expect("an empty segment");
 
     let mut tracepost = start_serve(&database_url, &["--spool-dir", spool.arg()]).await;
     let query = tracepost.address("query");
@@ -774,7 +777,8 @@ async fn a_torn_spool_segment_keeps_its_intact_records_and_reports_the_damage() 
         stored(&client, &traces[9..]).await.is_empty(),
         "the torn record was written"
     );
-    assert_eq!(metric(&query, "tracepost_spool_damaged_segments_total").await, 1.0);
+    assert_eq!(metric(&query, "tracepost_spool_damaged_segments_total").await, 2.0);
+    assert!(!headerless.exists(), "the empty segment was left behind");
     assert_eq!(
         calls_counted(&query, "faults").await,
         0.0,
