@@ -200,54 +200,59 @@ impl Ledger {
     }
 }
 
-/// Senders exporting traces of `spans` spans to `addr`, each one request at a time (back to back, or one
-/// every `pause`), until `stop` is set.
-fn start_senders(
-    addr: String,
-    senders: u32,
-    spans: usize,
-    pause: Option<Duration>,
+/// Clients exporting traces of `spans` spans, each one request at a time (back to back, or one every
+/// `pause`), recording every answer, until stopped.
+struct Senders {
     ledger: Arc<Ledger>,
     stop: Arc<AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    (0..senders)
-        .map(|sender| {
-            let (addr, ledger, stop) = (addr.clone(), ledger.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut tick = pause.map(tokio::time::interval);
-                let mut sequence = 0;
-                let mut in_flight = tokio::task::JoinSet::new();
-                while !stop.load(Ordering::SeqCst) {
-                    sequence += 1;
-                    let trace = trace_id(sender, sequence);
-                    let body = export_body(trace, spans);
-                    match &mut tick {
-                        // Paced, as an exporter on a timer: one export every `pause`, whether or not the
-                        // previous one has been answered.
-                        Some(tick) => {
-                            tick.tick().await;
-                            let (addr, ledger) = (addr.clone(), ledger.clone());
-                            in_flight.spawn(async move {
-                                let answer = export(&addr, &body).await;
-                                ledger.record(trace, spans, answer);
-                            });
-                        }
-                        None => {
-                            let answer = export(&addr, &body).await;
-                            ledger.record(trace, spans, answer);
-                        }
-                    }
-                }
-                while in_flight.join_next().await.is_some() {}
-            })
-        })
-        .collect()
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-async fn stop_senders(stop: &AtomicBool, senders: Vec<tokio::task::JoinHandle<()>>) {
-    stop.store(true, Ordering::SeqCst);
-    for sender in senders {
-        sender.await.expect("sender");
+impl Senders {
+    fn start(addr: String, senders: u32, spans: usize, pause: Option<Duration>) -> Self {
+        let (ledger, stop) = (Arc::new(Ledger::default()), Arc::new(AtomicBool::new(false)));
+        let tasks = (0..senders)
+            .map(|sender| {
+                let (addr, ledger, stop) = (addr.clone(), ledger.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut tick = pause.map(tokio::time::interval);
+                    let mut sequence = 0;
+                    let mut in_flight = tokio::task::JoinSet::new();
+                    while !stop.load(Ordering::SeqCst) {
+                        sequence += 1;
+                        let trace = trace_id(sender, sequence);
+                        let body = export_body(trace, spans);
+                        match &mut tick {
+                            // Paced, as an exporter on a timer: one export every `pause`, whether or not the
+                            // previous one has been answered.
+                            Some(tick) => {
+                                tick.tick().await;
+                                let (addr, ledger) = (addr.clone(), ledger.clone());
+                                in_flight.spawn(async move {
+                                    let answer = export(&addr, &body).await;
+                                    ledger.record(trace, spans, answer);
+                                });
+                            }
+                            None => {
+                                let answer = export(&addr, &body).await;
+                                ledger.record(trace, spans, answer);
+                            }
+                        }
+                    }
+                    while in_flight.join_next().await.is_some() {}
+                })
+            })
+            .collect();
+        Self { ledger, stop, tasks }
+    }
+
+    /// Stops sending, waits for the answers in flight and returns every answer.
+    async fn stop(self) -> Arc<Ledger> {
+        self.stop.store(true, Ordering::SeqCst);
+        for task in self.tasks {
+            task.await.expect("sender");
+        }
+        self.ledger
     }
 }
 
@@ -367,21 +372,13 @@ impl Drop for SpoolDir {
 async fn kill_during_ingest(test: &str, args: &[&str]) {
     let database_url = fresh_database(test).await;
     let mut tracepost = start_serve(&database_url, args).await;
-    let (ledger, stop) = (Arc::new(Ledger::default()), Arc::new(AtomicBool::new(false)));
-    let senders = start_senders(
-        tracepost.address("otlp_http"),
-        4,
-        20,
-        None,
-        ledger.clone(),
-        stop.clone(),
-    );
+    let senders = Senders::start(tracepost.address("otlp_http"), 4, 20, None);
     let started = tokio::time::Instant::now();
-    while ledger.acknowledged().len() < 300 && started.elapsed() < Duration::from_secs(20) {
+    while senders.ledger.acknowledged().len() < 300 && started.elapsed() < Duration::from_secs(20) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tracepost.kill9();
-    stop_senders(&stop, senders).await;
+    let ledger = senders.stop().await;
     let acknowledged = ledger.acknowledged();
     let tracepost = start_serve(&database_url, args).await;
     assert_all_stored_once(
@@ -425,15 +422,7 @@ async fn postgres_stopped_for_a_minute_refuses_nothing_and_loses_nothing_with_th
     let spool = SpoolDir::new("outage");
     let tracepost = start_serve(&cluster.url, &["--spool-dir", spool.arg()]).await;
     let query = tracepost.address("query");
-    let (ledger, stop) = (Arc::new(Ledger::default()), Arc::new(AtomicBool::new(false)));
-    let senders = start_senders(
-        tracepost.address("otlp_http"),
-        1,
-        5,
-        Some(Duration::from_millis(50)),
-        ledger.clone(),
-        stop.clone(),
-    );
+    let senders = Senders::start(tracepost.address("otlp_http"), 1, 5, Some(Duration::from_millis(50)));
     tokio::time::sleep(Duration::from_secs(2)).await;
     cluster.stop();
     let outage_started = tokio::time::Instant::now();
@@ -451,7 +440,7 @@ async fn postgres_stopped_for_a_minute_refuses_nothing_and_loses_nothing_with_th
     assert!(metric(&query, "tracepost_spool_oldest_unsent_age_seconds").await > 1.0);
     cluster.restart();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop_senders(&stop, senders).await;
+    let ledger = senders.stop().await;
     let answers = ledger.answers();
     let refused: Vec<_> = answers.iter().filter(|answer| answer.status != 200).collect();
     assert!(
@@ -482,21 +471,13 @@ async fn postgres_stopped_for_a_minute_refuses_nothing_and_loses_nothing_with_th
 async fn postgres_stopped_without_the_spool_gives_retryable_refusals_and_loses_nothing_acknowledged() {
     let cluster = PrivateCluster::start("commit-outage");
     let tracepost = start_serve(&cluster.url, &[]).await;
-    let (ledger, stop) = (Arc::new(Ledger::default()), Arc::new(AtomicBool::new(false)));
-    let senders = start_senders(
-        tracepost.address("otlp_http"),
-        1,
-        5,
-        Some(Duration::from_millis(50)),
-        ledger.clone(),
-        stop.clone(),
-    );
+    let senders = Senders::start(tracepost.address("otlp_http"), 1, 5, Some(Duration::from_millis(50)));
     tokio::time::sleep(Duration::from_secs(2)).await;
     cluster.stop();
     tokio::time::sleep(outage().min(Duration::from_secs(10))).await;
     cluster.restart();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    stop_senders(&stop, senders).await;
+    let ledger = senders.stop().await;
     let answers = ledger.answers();
     let refused: Vec<_> = answers.iter().filter(|answer| answer.status != 200).collect();
     assert!(!refused.is_empty(), "nothing was refused while PostgreSQL was down");
@@ -547,14 +528,13 @@ async fn a_hung_database_is_absorbed_by_the_spool_until_it_is_full() {
         .batch_execute("BEGIN; LOCK TABLE spans IN ACCESS EXCLUSIVE MODE")
         .await
         .expect("lock the span table");
-    let (ledger, stop) = (Arc::new(Ledger::default()), Arc::new(AtomicBool::new(false)));
-    let senders = start_senders(http.clone(), 2, 200, None, ledger.clone(), stop.clone());
+    let senders = Senders::start(http.clone(), 2, 200, None);
     let full = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !ledger.answers().iter().any(|answer| answer.status == 503) {
+    while !senders.ledger.answers().iter().any(|answer| answer.status == 503) {
         assert!(tokio::time::Instant::now() < full, "the spool never filled up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stop_senders(&stop, senders).await;
+    let ledger = senders.stop().await;
     let answers = ledger.answers();
     let acknowledged = ledger.acknowledged();
     // Acknowledged while the table was locked: as much as the spool holds (8 MiB, about 30 KB a record here).
