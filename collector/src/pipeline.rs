@@ -445,9 +445,7 @@ impl Pipeline {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone();
         let sender = sender.ok_or(IngestError::ShuttingDown)?;
-        let bytes = spans.rows.len()
-            + spans.operation_index.len()
-            + spans.resources.iter().map(|row| row.body.len()).sum::<usize>();
+        let bytes = encoded_bytes(&spans);
         let held = bytes.min(self.budget.total_bytes());
         reservation.shrink_to(held);
         self.budget
@@ -510,6 +508,11 @@ impl Pipeline {
     }
 }
 
+/// The memory a request's encoded spans hold while they wait for a writer.
+fn encoded_bytes(spans: &EncodedSpans) -> usize {
+    spans.rows.len() + spans.operation_index.len() + spans.resources.iter().map(|row| row.body.len()).sum::<usize>()
+}
+
 /// Items (requests, or spooled records) the queue holds at most before submitters wait.
 const QUEUE_ITEMS: usize = 1024;
 
@@ -548,9 +551,7 @@ async fn take_batch(queue: &tokio::sync::Mutex<Queue>, max_spans: usize, max_byt
 fn run_drainer(spool: &Spool, sender: &mpsc::Sender<Item>, budget: &MemoryBudget, runtime: &tokio::runtime::Handle) {
     let mut reader = Reader::default();
     while let Some(Drained { spans, ticket }) = spool.next_record(&mut reader) {
-        let bytes = spans.rows.len()
-            + spans.operation_index.len()
-            + spans.resources.iter().map(|row| row.body.len()).sum::<usize>();
+        let bytes = encoded_bytes(&spans);
         let mut reservation = Reservation::default();
         // Waits while the writers hold the drain budget (PostgreSQL slow or away).
         while budget

@@ -137,8 +137,14 @@ struct Segment {
 }
 
 impl Segment {
+    /// Every record in it has been read and committed.
+    fn all_committed(&self) -> bool {
+        self.read_to >= self.len && self.outstanding == 0
+    }
+
+    /// No longer needed: sealed, all committed, and not left alone for a newer version.
     fn drained(&self) -> bool {
-        self.sealed && self.read_to >= self.len && self.outstanding == 0 && !self.keep
+        self.sealed && self.all_committed() && !self.keep
     }
 }
 
@@ -588,7 +594,7 @@ impl Shared {
             let drained = state
                 .segments
                 .get(&segment.sequence)
-                .is_some_and(|state| state.read_to >= state.len && state.outstanding == 0);
+                .is_some_and(Segment::all_committed);
             let worth_it = segment.len + bytes > self.segment_bytes
                 || segment.len >= self.segment_bytes / 4
                 || state.write_failure.is_some();

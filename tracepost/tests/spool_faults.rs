@@ -29,6 +29,16 @@ fn trace_id(sender: u32, sequence: u32) -> [u8; 16] {
     id
 }
 
+fn string_attribute(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.into())),
+        }),
+        ..Default::default()
+    }
+}
+
 /// One trace of `spans` spans (span IDs 1..=spans) from service `faults`, started now.
 fn export_body(trace: [u8; 16], spans: usize) -> Vec<u8> {
     let now = std::time::SystemTime::now()
@@ -48,26 +58,14 @@ fn export_body(trace: [u8; 16], spans: usize) -> Vec<u8> {
             kind: 2,
             start_time_unix_nano: now,
             end_time_unix_nano: now + 1_000_000,
-            attributes: vec![KeyValue {
-                key: "http.route".into(),
-                value: Some(AnyValue {
-                    value: Some(any_value::Value::StringValue("/items/{id}".into())),
-                }),
-                ..Default::default()
-            }],
+            attributes: vec![string_attribute("http.route", "/items/{id}")],
             ..Default::default()
         })
         .collect();
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
             resource: Some(Resource {
-                attributes: vec![KeyValue {
-                    key: "service.name".into(),
-                    value: Some(AnyValue {
-                        value: Some(any_value::Value::StringValue("faults".into())),
-                    }),
-                    ..Default::default()
-                }],
+                attributes: vec![string_attribute("service.name", "faults")],
                 ..Default::default()
             }),
             scope_spans: vec![ScopeSpans {
