@@ -5,6 +5,9 @@
 //! * `GET /api/v3/traces/{trace_id}`: Jaeger's api_v3 over HTTP (§4), `{"result": <OTLP/JSON TracesData>}`,
 //!   errors as `{"error": {"httpCode", "message"}}`.
 //!
+//! Every v1 answer is indented with four spaces when asked with Jaeger's `prettyPrint` ([`PrettyPrint`]), as
+//! Jaeger's `writeJSON` does; errors stay compact, as Jaeger writes them.
+//!
 //! Handlers only parse, fetch and render; [`QueryError`] says what went wrong and the two wrappers
 //! [`V1Error`] and [`V3Error`] write it in each API's envelope. Storage errors are logged where they happen and
 //! answered without their detail: 503 with `Retry-After` when the database could not answer (unreachable,
@@ -13,7 +16,8 @@
 use std::future::Future;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -26,6 +30,7 @@ use crate::blocking::cpu_heavy;
 use crate::jaeger;
 use crate::limits::{QueryLimits, Shared, TRUNCATED_HEADER};
 use crate::otlp_json::{self, OtlpJson};
+use crate::params::Params;
 
 /// How far a client's `start`/`end` hint is widened on each side: clients derive it from what they displayed,
 /// and spans of the trace may start a little outside it.
@@ -74,9 +79,10 @@ pub(crate) fn routes<S: TraceSource>(source: S, limits: QueryLimits) -> Router {
         .with_state(Shared { reader: source, limits })
 }
 
-/// `GET /api/traces/{trace_id}[?start=&end=]`.
+/// `GET /api/traces/{trace_id}[?start=&end=&prettyPrint=]`.
 async fn get_trace_v1<S: TraceSource>(
     State(Shared { reader: source, .. }): State<Shared<S>>,
+    pretty: PrettyPrint,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, V1Error> {
@@ -85,8 +91,47 @@ async fn get_trace_v1<S: TraceSource>(
     let range = parse_v1_range(&params)?;
     let trace = fetch(&source, trace_id, range).await?;
     Ok(cpu_heavy(trace.spans.len(), || {
-        Json(V1Envelope::data(vec![jaeger::to_jaeger_trace(&trace)])).into_response()
+        pretty.json(V1Envelope::data(vec![jaeger::to_jaeger_trace(&trace)]))
     }))
+}
+
+/// Jaeger's `prettyPrint` query parameter ([`Params::pretty_print`]), for a v1 route to render its answer
+/// with [`PrettyPrint::json`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PrettyPrint(pub(crate) bool);
+
+impl<S: Send + Sync> FromRequestParts<S> for PrettyPrint {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        // A query the route's own parameters cannot parse is refused there; here it just means not asked.
+        let pairs = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
+            .map(|Query(pairs)| pairs)
+            .unwrap_or_default();
+        Ok(Self(Params::new(pairs).pretty_print()))
+    }
+}
+
+impl PrettyPrint {
+    /// `body` as `application/json`: compact (exactly as axum's [`Json`] writes it), or when asked indented as
+    /// Jaeger's `json.MarshalIndent(response, "", "    ")` does (four spaces, no trailing newline).
+    pub(crate) fn json(self, body: impl Serialize) -> Response {
+        if !self.0 {
+            return Json(body).into_response();
+        }
+        let mut bytes = Vec::with_capacity(128);
+        let mut serializer =
+            serde_json::Serializer::with_formatter(&mut bytes, serde_json::ser::PrettyFormatter::with_indent(b"    "));
+        match body.serialize(&mut serializer) {
+            Ok(()) => ([(axum::http::header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+            Err(error) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                [(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                error.to_string(),
+            )
+                .into_response(),
+        }
+    }
 }
 
 /// `GET /api/v3/traces/{trace_id}`. The optional `startTime`/`endTime` are not used yet.
@@ -429,6 +474,7 @@ mod tests {
         content_type: String,
         retry_after: Option<String>,
         body: serde_json::Value,
+        text: String,
     }
 
     /// Serves the routes on an ephemeral port and sends one raw HTTP/1.1 GET.
@@ -460,12 +506,14 @@ mod tests {
         };
         let content_type = header("content-type").unwrap_or_default();
         let retry_after = header("retry-after");
+        let text = body.to_owned();
         let body = serde_json::from_str(body).expect("JSON body");
         Reply {
             status,
             content_type,
             retry_after,
             body,
+            text,
         }
     }
 
@@ -483,6 +531,72 @@ mod tests {
         assert_eq!(
             reply.body,
             json!({"data": [golden], "total": 0, "limit": 0, "offset": 0, "errors": null})
+        );
+    }
+
+    #[tokio::test]
+    async fn pretty_print_indents_with_four_spaces_as_jaeger_and_is_compact_otherwise() {
+        async fn body(pretty: bool) -> String {
+            let response = PrettyPrint(pretty).json(V1Envelope::list(vec!["cart", "checkout"]));
+            assert_eq!(response.headers()["content-type"], "application/json");
+            let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .expect("body");
+            String::from_utf8(bytes.to_vec()).expect("utf-8")
+        }
+        assert_eq!(
+            body(true).await,
+            "{\n    \"data\": [\n        \"cart\",\n        \"checkout\"\n    ],\n    \"total\": 2,\n    \
+             \"limit\": 0,\n    \"offset\": 0,\n    \"errors\": null\n}"
+        );
+        assert_eq!(
+            body(false).await,
+            r#"{"data":["cart","checkout"],"total":2,"limit":0,"offset":0,"errors":null}"#
+        );
+    }
+
+    #[tokio::test]
+    async fn v1_trace_with_pretty_print_is_indented_and_without_it_unchanged() {
+        let compact = serde_json::to_string(&V1Envelope::data(vec![jaeger::to_jaeger_trace(&fixtures::trace())]))
+            .expect("serializes");
+        for target in [
+            "/api/traces/a1b2c3d4e5f60718",
+            "/api/traces/a1b2c3d4e5f60718?prettyPrint=false",
+            "/api/traces/a1b2c3d4e5f60718?prettyPrint=&prettyPrint=true",
+        ] {
+            let reply = get(FakeSource::with_fixture(), target).await;
+            assert_eq!(reply.text, compact, "{target}");
+        }
+        for target in [
+            "/api/traces/a1b2c3d4e5f60718?prettyPrint=true",
+            "/api/traces/a1b2c3d4e5f60718?raw=true&prettyPrint=1",
+        ] {
+            let reply = get(FakeSource::with_fixture(), target).await;
+            assert_eq!(reply.status, 200, "{target}");
+            assert_eq!(reply.content_type, "application/json", "{target}");
+            assert!(
+                reply
+                    .text
+                    .starts_with("{\n    \"data\": [\n        {\n            \"traceID\": \"a1b2c3d4e5f60718\",\n"),
+                "{target}: {}",
+                reply.text
+            );
+            assert!(reply.text.ends_with("\n    \"errors\": null\n}"), "{target}");
+            assert_eq!(
+                reply.body,
+                serde_json::from_str::<serde_json::Value>(&compact).expect("JSON"),
+                "{target}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn v1_errors_stay_compact_with_pretty_print_as_in_jaeger() {
+        let reply = get(FakeSource::with_fixture(), "/api/traces/ffff?prettyPrint=true").await;
+        assert_eq!(reply.status, 404);
+        assert_eq!(
+            reply.text,
+            "{\"data\":null,\"total\":0,\"limit\":0,\"offset\":0,\"errors\":[{\"code\":404,\"msg\":\"trace not found\"}]}\n"
         );
     }
 

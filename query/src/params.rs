@@ -38,6 +38,16 @@ impl Params {
             .find_map(|name| self.get(name).map(|value| (value, (*name).to_owned())))
     }
 
+    /// Jaeger's `prettyPrint`: set when `r.FormValue("prettyPrint")` (its first value, as sent) is neither
+    /// empty nor exactly `false`. Not Go's `strconv.ParseBool`: `prettyPrint=0` and `prettyPrint=False`
+    /// indent too, as in Jaeger.
+    pub(crate) fn pretty_print(&self) -> bool {
+        self.0
+            .iter()
+            .find(|(key, _)| key == "prettyPrint")
+            .is_some_and(|(_, value)| !value.is_empty() && value != "false")
+    }
+
     /// Every non-empty value of `name`.
     pub(crate) fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.0
@@ -288,6 +298,21 @@ mod tests {
             Ok(1_754_038_800_000_000_000)
         );
         assert!(parse_rfc3339("yesterday").is_err());
+    }
+
+    #[test]
+    fn pretty_print_is_any_first_value_but_empty_or_false_as_in_jaeger() {
+        let pretty = |pairs: &[(&str, &str)]| Params::from_pairs(pairs).pretty_print();
+        assert!(!pretty(&[]));
+        assert!(!pretty(&[("prettyPrint", "")]));
+        assert!(!pretty(&[("prettyPrint", "false")]));
+        assert!(!pretty(&[("prettyprint", "true")]));
+        for value in ["true", "1", "0", "False", "FALSE", "yes", " false"] {
+            assert!(pretty(&[("prettyPrint", value)]), "{value:?}");
+        }
+        // Go's FormValue takes the first value, even an empty one.
+        assert!(!pretty(&[("prettyPrint", ""), ("prettyPrint", "true")]));
+        assert!(pretty(&[("prettyPrint", "true"), ("prettyPrint", "false")]));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use serde::Serialize;
 use tracepost_storage::model::{self, SpanKind, StatusCode as SpanStatus, StoredResource, StoredSpan, TraceId};
 use tracepost_storage::{SearchBudget, SpanFilter, StoredTrace, TimeRange, TraceReader};
 
-use crate::api::{storage_failed, QueryError, V1Envelope, V1Error, V1ErrorEntry, V3Error};
+use crate::api::{storage_failed, PrettyPrint, QueryError, V1Envelope, V1Error, V1ErrorEntry, V3Error};
 use crate::blocking::cpu_heavy;
 use crate::jaeger::{self, value_matches};
 use crate::limits::{QueryLimits, Shared};
@@ -60,25 +60,26 @@ fn int_param(params: &Params, name: &str) -> Result<Option<i64>, QueryError> {
 
 // === v1 lists ===
 
-async fn services_v1(State(Shared { reader, .. }): State<Shared>) -> Result<Json<V1Envelope<Vec<String>>>, V1Error> {
+async fn services_v1(State(Shared { reader, .. }): State<Shared>, pretty: PrettyPrint) -> Result<Response, V1Error> {
     let services = reader
         .services()
         .await
         .map_err(|error| storage_failed("listing services", &error))?;
-    Ok(Json(V1Envelope::list(services)))
+    Ok(pretty.json(V1Envelope::list(services)))
 }
 
 async fn service_operations_v1(
     State(Shared { reader, .. }): State<Shared>,
+    pretty: PrettyPrint,
     Path(service): Path<String>,
-) -> Result<Json<V1Envelope<Vec<String>>>, V1Error> {
+) -> Result<Response, V1Error> {
     let operations = reader
         .operations(&service, None)
         .await
         .map_err(|error| storage_failed("listing operations", &error))?;
     let mut names: Vec<String> = operations.into_iter().map(|(name, _)| name).collect();
     names.dedup();
-    Ok(Json(V1Envelope::list(names)))
+    Ok(pretty.json(V1Envelope::list(names)))
 }
 
 #[derive(Debug, Serialize)]
@@ -126,14 +127,15 @@ async fn list_operations(
 
 async fn operations_v1(
     State(Shared { reader, .. }): State<Shared>,
+    pretty: PrettyPrint,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> Result<Json<V1Envelope<Vec<Operation>>>, V1Error> {
+) -> Result<Response, V1Error> {
     let params = params(query)?;
     let service = params
         .get("service")
         .ok_or_else(|| QueryError::BadRequest("parameter 'service' is required".into()))?;
     let operations = list_operations(&reader, service, params.get("spanKind"), "").await?;
-    Ok(Json(V1Envelope::list(operations)))
+    Ok(pretty.json(V1Envelope::list(operations)))
 }
 
 // === v1 search ===
@@ -148,6 +150,7 @@ pub(crate) struct Search {
 
 async fn search_v1(
     State(Shared { reader, limits }): State<Shared>,
+    pretty: PrettyPrint,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, V1Error> {
     let params = params(query)?;
@@ -161,13 +164,13 @@ async fn search_v1(
             ))
             .into());
         }
-        return multi_get(&reader, &params, &trace_ids).await;
+        return multi_get(&reader, &params, &trace_ids, pretty).await;
     }
     let search = parse_v1_search(&params, tracepost_storage::time::now_unix_nanos(), &limits)?;
     let traces = find(&reader, &search).await?;
     Ok(cpu_heavy(span_count(&traces), || {
         let data: Vec<jaeger::Trace> = traces.iter().map(jaeger::to_jaeger_trace).collect();
-        Json(V1Envelope::data(data)).into_response()
+        pretty.json(V1Envelope::data(data))
     }))
 }
 
@@ -386,7 +389,12 @@ pub(crate) fn tag_matches(stored: &StoredSpan, resource: Option<&StoredResource>
         || detail.links.iter().any(|link| found_in(&link.attributes))
 }
 
-async fn multi_get(reader: &TraceReader, params: &Params, texts: &[&str]) -> Result<Response, V1Error> {
+async fn multi_get(
+    reader: &TraceReader,
+    params: &Params,
+    texts: &[&str],
+    pretty: PrettyPrint,
+) -> Result<Response, V1Error> {
     let mut ids = Vec::with_capacity(texts.len());
     for text in texts {
         let id = TraceId::parse_hex(text).ok_or_else(|| {
@@ -416,7 +424,7 @@ async fn multi_get(reader: &TraceReader, params: &Params, texts: &[&str]) -> Res
         if !errors.is_empty() {
             envelope.errors = Some(errors);
         }
-        Json(envelope).into_response()
+        pretty.json(envelope)
     }))
 }
 
@@ -432,8 +440,9 @@ struct Dependency {
 
 async fn dependencies_v1(
     State(Shared { reader, .. }): State<Shared>,
+    pretty: PrettyPrint,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> Result<Json<V1Envelope<Vec<Dependency>>>, V1Error> {
+) -> Result<Response, V1Error> {
     let params = params(query)?;
     let end_ms = int_param(&params, "endTs")?.unwrap_or_else(|| tracepost_storage::time::now_unix_nanos() / 1_000_000);
     let lookback_ms = int_param(&params, "lookback")?.unwrap_or(DEFAULT_DEPENDENCIES_LOOKBACK_MS);
@@ -450,8 +459,8 @@ async fn dependencies_v1(
             child: link.child,
             call_count: link.call_count,
         })
-        .collect();
-    Ok(Json(V1Envelope::data(data)))
+        .collect::<Vec<_>>();
+    Ok(pretty.json(V1Envelope::data(data)))
 }
 
 // === api_v3 ===

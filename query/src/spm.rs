@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
+use axum::response::Response;
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -21,7 +22,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
 use tracepost_storage::time::{civil_from_days, now_unix_nanos};
 
-use crate::api::{QueryError, V1Envelope, V1Error};
+use crate::api::{PrettyPrint, QueryError, V1Envelope, V1Error};
 use crate::params::{parse_bool, parse_int, Params};
 
 const CALLS: &str = "traces_span_metrics_calls_total";
@@ -50,12 +51,12 @@ fn disabled() -> QueryError {
     QueryError::NotImplemented("metrics querying is currently disabled".to_owned())
 }
 
-async fn min_step(State(spm): State<Arc<Spm>>) -> Result<Json<V1Envelope<i64>>, V1Error> {
+async fn min_step(State(spm): State<Arc<Spm>>, pretty: PrettyPrint) -> Result<Response, V1Error> {
     if spm.base.is_none() {
         return Err(disabled().into());
     }
     // Jaeger's Prometheus metrics store answers 1 ms: the step is only bounded by the query API.
-    Ok(Json(V1Envelope::data(1)))
+    Ok(pretty.json(V1Envelope::data(1)))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -374,9 +375,10 @@ fn form_encode(text: &str) -> String {
 
 async fn metric(
     State(spm): State<Arc<Spm>>,
+    pretty: PrettyPrint,
     Path(metric): Path<String>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> Result<Json<MetricFamily>, V1Error> {
+) -> Result<Response, V1Error> {
     let Some(base) = &spm.base else {
         return Err(disabled().into());
     };
@@ -411,7 +413,7 @@ async fn metric(
             String::from_utf8_lossy(&body[..body.len().min(300)]).trim()
         ))
     })?;
-    Ok(Json(to_family(&query, parsed)?))
+    Ok(pretty.json(to_family(&query, parsed)?))
 }
 
 #[cfg(test)]
