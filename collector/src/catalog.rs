@@ -1,6 +1,8 @@
 //! Which operations (service, span name, kind) the collector has already recorded today, so the
 //! `operations` dictionary is written once per operation and day instead of once per span, and a cap per
-//! service keeps raw-path span names (Linkerd's) from flooding it.
+//! service on distinct span names keeps raw-path span names (Linkerd's) from flooding it. The cap counts names,
+//! not (name, kind) pairs: a name already listed under one kind (SERVER) is listed under another (CLIENT)
+//! without taking another place.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, RwLock};
@@ -10,15 +12,16 @@ use tracepost_storage::copy::{encode_operation_index_row, operation_key};
 use tracepost_storage::model::TraceId;
 use tracepost_storage::OperationRow;
 
-/// The default cap on distinct operations recorded per service.
+/// The default cap on distinct span names recorded per service (each under every kind it is used with).
 pub const DEFAULT_MAX_OPERATIONS_PER_SERVICE: usize = 1000;
 
 /// Entries remembered as recorded before the memory is cleared (costing a few redundant upserts).
 const KNOWN_CAP: usize = 200_000;
 
-/// (service, operation) pairs remembered for the per-service caps, all services together, before that memory
-/// is cleared: a client inventing service names cannot grow it without bound (after a clear, each service may
-/// list up to its cap again, so the dictionary grows by at most one cap per service per clear).
+/// (service, span name) pairs remembered for the per-service caps, all services together, before that memory
+/// is cleared: a client inventing service or span names cannot grow it without bound (after a clear, each
+/// service may list up to its cap of names again, so the dictionary grows by at most one cap of names, each
+/// under the kinds it comes with, per service per clear).
 const PER_SERVICE_CAP: usize = 200_000;
 
 /// Shared by every request of the process.
@@ -26,7 +29,7 @@ const PER_SERVICE_CAP: usize = 200_000;
 pub struct OperationCatalog {
     /// Hashes of (service, name, kind, day) recorded or being recorded.
     known: RwLock<HashSet<u64>>,
-    /// Per service hash, the hashes of its (name, kind) pairs admitted so far.
+    /// Per service hash, the hashes of its span names admitted so far (under any kind).
     per_service: Mutex<PerService>,
     max_per_service: usize,
 }
@@ -34,7 +37,7 @@ pub struct OperationCatalog {
 #[derive(Debug, Default)]
 struct PerService {
     names: HashMap<u64, HashSet<u64>>,
-    /// Pairs held in `names`, all services together.
+    /// (service, name) pairs held in `names`, all services together.
     pairs: usize,
 }
 
@@ -78,11 +81,12 @@ impl OperationCatalog {
         for candidate in candidates {
             let PerService { names, pairs } = &mut *per_service;
             let names = names.entry(candidate.service_hash).or_default();
-            if !names.contains(&candidate.operation_hash) {
+            // A name admitted under another kind takes no new place.
+            if !names.contains(&candidate.name_hash) {
                 if names.len() >= self.max_per_service {
                     continue;
                 }
-                names.insert(candidate.operation_hash);
+                names.insert(candidate.name_hash);
                 *pairs += 1;
             }
             if known.insert(candidate.key) {
@@ -109,7 +113,8 @@ impl OperationCatalog {
 struct Candidate {
     key: u64,
     service_hash: u64,
-    operation_hash: u64,
+    /// The span name's hash, whatever the kind: what the per-service cap counts.
+    name_hash: u64,
     row: OperationRow,
 }
 
@@ -124,7 +129,8 @@ impl RequestOperations {
     /// Notes a stored span's operation; allocates only for operations the catalog has not seen today.
     pub(crate) fn observe(&mut self, catalog: &OperationCatalog, service: &str, name: &str, kind: i16, day: i32) {
         let service_hash = fnv(FNV_OFFSET, service.as_bytes());
-        let operation_hash = fnv(fnv(FNV_OFFSET, name.as_bytes()), &kind.to_le_bytes());
+        let name_hash = fnv(FNV_OFFSET, name.as_bytes());
+        let operation_hash = fnv(name_hash, &kind.to_le_bytes());
         let key = fnv(
             fnv(service_hash ^ operation_hash.rotate_left(17), &[0xff]),
             &day.to_le_bytes(),
@@ -145,7 +151,7 @@ impl RequestOperations {
         self.candidates.push(Candidate {
             key,
             service_hash,
-            operation_hash,
+            name_hash,
             row,
         });
     }
@@ -229,6 +235,46 @@ mod tests {
         let (rows, _) = request.finish(&catalog);
         assert_eq!(rows.iter().filter(|row| row.service == "linkerd").count(), 3);
         assert_eq!(rows.iter().filter(|row| row.service == "other").count(), 1);
+    }
+
+    #[test]
+    fn a_name_used_as_server_and_client_takes_one_place_under_the_cap() {
+        let (server, client) = (2, 3);
+        let catalog = OperationCatalog::new(2);
+        let mut request = RequestOperations::default();
+        request.observe(&catalog, "cart", "GET /cart", server, 1);
+        request.observe(&catalog, "cart", "GET /cart", client, 1);
+        request.observe(&catalog, "cart", "GET /items", server, 1);
+        request.observe(&catalog, "cart", "GET /over-the-cap", server, 1);
+        let (rows, _) = request.finish(&catalog);
+        let listed: Vec<(&str, i16)> = rows.iter().map(|row| (row.name.as_str(), row.kind)).collect();
+        assert_eq!(
+            listed,
+            [("GET /cart", server), ("GET /cart", client), ("GET /items", server)]
+        );
+        // A listed name is listed under a further kind in a later request too; a name over the cap under none.
+        let mut later = RequestOperations::default();
+        later.observe(&catalog, "cart", "GET /items", client, 1);
+        later.observe(&catalog, "cart", "GET /over-the-cap", client, 1);
+        let (rows, _) = later.finish(&catalog);
+        let listed: Vec<(&str, i16)> = rows.iter().map(|row| (row.name.as_str(), row.kind)).collect();
+        assert_eq!(listed, [("GET /items", client)]);
+    }
+
+    #[test]
+    fn a_client_inventing_span_names_cannot_grow_the_catalog_past_the_cap() {
+        let catalog = OperationCatalog::new(3);
+        for batch in 0..20 {
+            let mut request = RequestOperations::default();
+            for name in 0..1000 {
+                for kind in 1..=5 {
+                    request.observe(&catalog, "linkerd", &format!("/items/{batch}/{name}"), kind, 1);
+                }
+            }
+            request.finish(&catalog);
+            let per_service = catalog.per_service.lock().expect("lock");
+            assert!(per_service.pairs <= 3, "{}", per_service.pairs);
+        }
     }
 
     /// The report: `per_service` grew with every service name a client invented. Now the memory behind the

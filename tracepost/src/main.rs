@@ -146,7 +146,7 @@ struct ServeArgs {
     /// the clients' 10 s timeout).
     #[arg(long, env = "TRACEPOST_EXPORT_TIMEOUT", default_value = "8s", value_parser = parse_short_duration)]
     export_timeout: Duration,
-    /// Distinct operations listed per service (span names beyond it are stored and searchable, not listed).
+    /// Distinct span names listed per service, each under every kind it is used with (names beyond it are stored and searchable, not listed).
     #[arg(long, env = "TRACEPOST_MAX_OPERATIONS_PER_SERVICE", default_value_t = tracepost_collector::catalog::DEFAULT_MAX_OPERATIONS_PER_SERVICE)]
     max_operations_per_service: usize,
     /// Encoded span bytes admitted and not yet committed, at most; beyond it requests are refused as overloaded.
