@@ -7,9 +7,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, RwLock};
 
-use bytes::{Bytes, BytesMut};
-use tracepost_storage::copy::{encode_operation_index_row, operation_key};
-use tracepost_storage::model::TraceId;
 use tracepost_storage::OperationRow;
 
 /// The default cap on distinct span names recorded per service (each under every kind it is used with).
@@ -159,36 +156,6 @@ impl RequestOperations {
     /// The rows to write with the request and the keys to forget if that write fails.
     pub(crate) fn finish(self, catalog: &OperationCatalog) -> (Vec<OperationRow>, Vec<u64>) {
         catalog.admit(self.candidates)
-    }
-}
-
-/// One request's `operation_index` rows: one per (trace, operation), carrying the newest start and the
-/// longest duration among the request's spans of that trace and operation.
-#[derive(Debug, Default)]
-pub(crate) struct RequestOperationIndex {
-    rows: HashMap<(TraceId, i64), (i64, i64)>,
-}
-
-impl RequestOperationIndex {
-    pub(crate) fn observe(&mut self, service: &str, name: &str, trace_id: TraceId, start: u64, end: u64) {
-        let duration = i64::try_from(end.saturating_sub(start)).unwrap_or(i64::MAX);
-        let start = i64::try_from(start).unwrap_or(i64::MAX);
-        let row = self
-            .rows
-            .entry((trace_id, operation_key(service, name)))
-            .or_insert((start, duration));
-        *row = (row.0.max(start), row.1.max(duration));
-    }
-
-    /// The rows, binary COPY encoded, in a deterministic order.
-    pub(crate) fn finish(self) -> Bytes {
-        let mut rows: Vec<_> = self.rows.into_iter().collect();
-        rows.sort_unstable();
-        let mut out = BytesMut::with_capacity(rows.len() * 54);
-        for ((trace_id, key), (start, duration)) in rows {
-            encode_operation_index_row(&mut out, key, start, duration, &trace_id);
-        }
-        out.freeze()
     }
 }
 

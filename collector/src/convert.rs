@@ -7,12 +7,13 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1 as otlp_common;
 use opentelemetry_proto::tonic::trace::v1 as otlp_trace;
 use prost::Message;
-use tracepost_storage::copy::{encode_span_row, sanitize_text, RowContext};
+use tracepost_storage::block::BlockBuilder;
+use tracepost_storage::copy::{sanitize_text, RowContext};
 use tracepost_storage::limits::{key_value_exceeds, label_column, retain_within_nesting};
 use tracepost_storage::model::{
     self, Resource, Scope, Span, SpanDetail, SpanId, SpanKind, StatusCode, TraceId, NO_SERVICE_NAME,
@@ -20,7 +21,7 @@ use tracepost_storage::model::{
 use tracepost_storage::time::day_of;
 use tracepost_storage::{EncodedSpans, ResourceRow};
 
-use crate::catalog::{OperationCatalog, RequestOperationIndex, RequestOperations};
+use crate::catalog::{OperationCatalog, RequestOperations};
 use crate::normalize::{derived_status, ResourceFacts, ResourceOutcome, Scalar, SpanFacts};
 use crate::red::{RequestMetrics, SpanInput, SpanMetrics};
 
@@ -185,15 +186,14 @@ pub fn convert_request_within(
         }),
         ..Converted::default()
     };
-    let mut rows = BytesMut::new();
+    let mut blocks = BlockBuilder::new();
     let mut resource_days = HashSet::new();
     let mut operations = RequestOperations::default();
-    let mut operation_index = RequestOperationIndex::default();
     let mut resource_bytes = 0usize;
     for resource_spans in request.resource_spans {
         let otlp_resource = resource_spans.resource.unwrap_or_default();
         resource_bytes += PER_RESOURCE_BYTES + otlp_resource.encoded_len();
-        if !allowance.admit(rows.capacity() + converted.encoded.span_count * PER_SPAN_BYTES + resource_bytes) {
+        if !allowance.admit(blocks.held_bytes() + converted.encoded.span_count * PER_SPAN_BYTES + resource_bytes) {
             return Err(OverBudget);
         }
         let mut attributes = convert_attributes(otlp_resource.attributes);
@@ -267,24 +267,18 @@ pub fn convert_request_within(
                     &mut converted.encoded.resources,
                 );
                 operations.observe(&config.catalog, &info.service, &span.name, span.kind as i16, day);
-                operation_index.observe(
-                    &info.service,
-                    &span.name,
-                    span.trace_id,
-                    span.start_time_unix_nano,
-                    span.end_time_unix_nano(),
-                );
-                encode_span_row(&mut rows, info.context(), &span);
+                blocks.push_span(info.context(), &span, None);
                 converted.encoded.span_count += 1;
-                if !allowance.admit(rows.capacity() + converted.encoded.span_count * PER_SPAN_BYTES + resource_bytes) {
+                if !allowance
+                    .admit(blocks.held_bytes() + converted.encoded.span_count * PER_SPAN_BYTES + resource_bytes)
+                {
                     return Err(OverBudget);
                 }
             }
         }
     }
-    converted.encoded.rows = rows.freeze();
     (converted.encoded.operations, converted.operation_keys) = operations.finish(&config.catalog);
-    converted.encoded.operation_index = operation_index.finish();
+    (converted.encoded.rows, converted.encoded.trace_index) = blocks.finish(&converted.encoded.resources);
     Ok(converted)
 }
 

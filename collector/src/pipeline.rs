@@ -510,7 +510,7 @@ impl Pipeline {
 
 /// The memory a request's encoded spans hold while they wait for a writer.
 fn encoded_bytes(spans: &EncodedSpans) -> usize {
-    spans.rows.len() + spans.operation_index.len() + spans.resources.iter().map(|row| row.body.len()).sum::<usize>()
+    spans.rows.len() + spans.trace_index.len() + spans.resources.iter().map(|row| row.body.len()).sum::<usize>()
 }
 
 /// Items (requests, or spooled records) the queue holds at most before submitters wait.

@@ -15,12 +15,13 @@
 
 use std::collections::HashSet;
 
-use bytes::{BufMut, Bytes, BytesMut};
-use tracepost_storage::copy::{encode_span_row_with_detail, sanitize_text, RowSpan};
+use bytes::{BufMut, Bytes};
+use tracepost_storage::block::BlockBuilder;
+use tracepost_storage::copy::{sanitize_text, RowSpan};
 use tracepost_storage::limits::MAX_ATTRIBUTE_NESTING;
 use tracepost_storage::model::{SpanKind, StatusCode};
 
-use crate::catalog::{RequestOperationIndex, RequestOperations};
+use crate::catalog::RequestOperations;
 use crate::convert::{validate_span, Allowance, ConvertConfig, Converted, ResourceInfo, ValidIds};
 use crate::normalize::{derived_status, ResourceFacts, Scalar, SpanFacts};
 use crate::red::{RequestMetrics, SpanInput};
@@ -310,11 +311,10 @@ pub fn convert_protobuf_within(
                 .map(|metrics| RequestMetrics::new(metrics, body.len() / 384)),
             ..Converted::default()
         },
-        rows: BytesMut::with_capacity(body.len() + body.len() / 4),
+        blocks: BlockBuilder::new(),
         resource_days: HashSet::new(),
         detail: Vec::with_capacity(1024),
         operations: RequestOperations::default(),
-        operation_index: RequestOperationIndex::default(),
         config,
     };
     let mut reader = Reader::new(body);
@@ -327,8 +327,8 @@ pub fn convert_protobuf_within(
             reader.skip(wire_type)?;
         }
     }
-    state.converted.encoded.rows = state.rows.freeze();
-    state.converted.encoded.operation_index = state.operation_index.finish();
+    (state.converted.encoded.rows, state.converted.encoded.trace_index) =
+        state.blocks.finish(&state.converted.encoded.resources);
     (state.converted.encoded.operations, state.converted.operation_keys) = state.operations.finish(&config.catalog);
     Ok(state.converted)
 }
@@ -338,12 +338,11 @@ struct State<'c, 'a> {
     /// What the request's resources cost beyond the rows (see `convert::PER_RESOURCE_BYTES`).
     resource_bytes: usize,
     converted: Converted,
-    rows: BytesMut,
+    blocks: BlockBuilder,
     resource_days: HashSet<(i64, i32)>,
     /// Scratch buffer for one span's `detail`.
     detail: Vec<u8>,
     operations: RequestOperations,
-    operation_index: RequestOperationIndex,
     config: &'c ConvertConfig,
 }
 
@@ -609,16 +608,14 @@ impl State<'_, '_> {
         );
         self.operations
             .observe(&self.config.catalog, &info.service, &safe_name, row.kind as i16, day);
-        self.operation_index
-            .observe(&info.service, &safe_name, trace_id, fields.start, fields.end);
-        encode_span_row_with_detail(&mut self.rows, info.context(), &row, &self.detail);
+        self.blocks.push(info.context(), &row, &self.detail, None);
         self.converted.encoded.span_count += 1;
         self.admit()
     }
 
     /// Checks what the conversion holds so far against the allowance.
     fn admit(&mut self) -> Result<()> {
-        let used = self.rows.capacity()
+        let used = self.blocks.held_bytes()
             + self.detail.capacity()
             + self.converted.encoded.span_count * crate::convert::PER_SPAN_BYTES
             + self.resource_bytes;
@@ -876,27 +873,14 @@ mod tests {
         }
     }
 
-    /// The `detail` column of every binary COPY row.
+    /// The `detail` of every span in the blocks of binary COPY rows.
     fn details(rows: &[u8]) -> Vec<Vec<u8>> {
-        let mut details = Vec::new();
-        let mut at = 0;
-        let take = |at: &mut usize, n: usize| {
-            let bytes = &rows[*at..*at + n];
-            *at += n;
-            bytes
-        };
-        while at < rows.len() {
-            let columns = i16::from_be_bytes(take(&mut at, 2).try_into().unwrap());
-            let mut last = Vec::new();
-            for _ in 0..columns {
-                let length = i32::from_be_bytes(take(&mut at, 4).try_into().unwrap());
-                if length >= 0 {
-                    last = take(&mut at, length as usize).to_vec();
-                }
-            }
-            details.push(last);
-        }
-        details
+        tracepost_storage::block::decode_block_rows(rows)
+            .expect("blocks decode")
+            .into_iter()
+            .flat_map(|block| block.spans)
+            .map(|span| span.detail.to_vec())
+            .collect()
     }
 
     /// Whatever a conversion stored, the reader's decoders read.
@@ -1063,7 +1047,7 @@ mod tests {
                 .collect::<Vec<_>>();
             prop_assert_eq!(resources(&fast), resources(&slow));
             prop_assert_eq!(&fast.encoded.operations, &slow.encoded.operations);
-            prop_assert_eq!(&fast.encoded.operation_index, &slow.encoded.operation_index);
+            prop_assert_eq!(&fast.encoded.trace_index, &slow.encoded.trace_index);
             prop_assert_eq!(&fast.metrics, &slow.metrics);
         }
 

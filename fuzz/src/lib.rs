@@ -11,13 +11,15 @@ use std::sync::{Arc, OnceLock};
 use prost::Message;
 use tracepost_collector::convert::{ConvertConfig, Converted};
 use tracepost_collector::{RedConfig, SpanMetrics};
+use tracepost_storage::block::{decode_block, BlockSpan};
 use tracepost_storage::model::{Resource, SpanDetail};
 
-/// The columns of a `spans` COPY row (see `tracepost_storage::copy::COPY_SPANS`).
-pub const COLUMNS: usize = 12;
-/// The `resource_id` and `detail` columns.
-pub const RESOURCE_ID: usize = 10;
-pub const DETAIL: usize = 11;
+/// The columns of a `span_blocks` COPY row (see `tracepost_storage::block::COPY_SPAN_BLOCKS`).
+pub const COLUMNS: usize = 10;
+/// The `block_id`, `span_count` and `bloom` columns.
+pub const BLOCK_ID: usize = 0;
+pub const SPAN_COUNT: usize = 5;
+pub const BLOOM: usize = 8;
 
 /// Conversion settings as in `collector/src/wire.rs`'s tests: a fallback cluster, span metrics on (so the
 /// metric reduction runs too) and a fresh operations catalog, so that one input never changes what the next
@@ -31,11 +33,15 @@ pub fn config() -> ConvertConfig {
     }
 }
 
-/// One binary COPY row: its columns, `None` for NULL.
-pub type Row = Vec<Option<Vec<u8>>>;
+/// One span as conversion laid it out: the columns of its block's `span_blocks` row (`None` for NULL; the
+/// `spans` column left out) and its entry in the block.
+pub struct Row {
+    pub block: Vec<Option<Vec<u8>>>,
+    pub span: BlockSpan,
+}
 
-/// Splits the binary COPY rows conversion wrote. Conversion writes only whole, well-formed rows, so anything
-/// else is a bug: this panics on it.
+/// Splits the binary COPY `span_blocks` rows conversion wrote into their spans. Conversion writes only whole,
+/// well-formed rows and blocks, so anything else is a bug: this panics on it.
 pub fn rows(bytes: &[u8]) -> Vec<Row> {
     let mut rows = Vec::new();
     let mut rest = bytes;
@@ -48,22 +54,30 @@ pub fn rows(bytes: &[u8]) -> Vec<Row> {
     while !rest.is_empty() {
         let columns = i16::from_be_bytes(take(&mut rest, 2).try_into().unwrap());
         assert_eq!(columns as usize, COLUMNS, "column count");
-        let row = (0..columns)
+        let mut block: Vec<Option<Vec<u8>>> = (0..columns)
             .map(|_| {
                 let length = i32::from_be_bytes(take(&mut rest, 4).try_into().unwrap());
                 assert!(length >= -1, "column length {length}");
                 (length >= 0).then(|| take(&mut rest, length as usize))
             })
             .collect();
-        rows.push(row);
+        let spans = block.pop().flatten().expect("spans is never NULL");
+        let decoded = decode_block(spans.into()).expect("a block conversion wrote decodes");
+        let count = i32::from_be_bytes(block[SPAN_COUNT].as_deref().unwrap().try_into().unwrap());
+        assert_eq!(count as usize, decoded.spans.len(), "the block's span count");
+        for span in decoded.spans {
+            rows.push(Row {
+                block: block.clone(),
+                span,
+            });
+        }
     }
     rows
 }
 
-/// The stored `detail` of every row.
+/// The stored `detail` of every span.
 pub fn details(rows: &[Row]) -> impl Iterator<Item = &[u8]> {
-    rows.iter()
-        .map(|row| row[DETAIL].as_deref().expect("detail is never NULL"))
+    rows.iter().map(|row| row.span.detail.as_ref())
 }
 
 /// Acknowledged implies readable: every `detail` and every resource body a conversion would store decodes
@@ -89,15 +103,9 @@ pub fn assert_readable(converted: &Converted) -> Vec<Row> {
     rows
 }
 
-/// The resource ID column of a row.
+/// The resource ID of a span.
 pub fn resource_id(row: &Row) -> i64 {
-    i64::from_be_bytes(
-        row[RESOURCE_ID]
-            .as_deref()
-            .expect("resource_id is never NULL")
-            .try_into()
-            .expect("resource_id is 8 bytes"),
-    )
+    row.span.resource_id
 }
 
 /// The request's resources by ID, decoded.
@@ -115,22 +123,19 @@ pub fn resources(converted: &Converted) -> HashMap<i64, Resource> {
         .collect()
 }
 
-/// Asserts two conversions of one request store the same: the same rows byte for byte, or, where the
-/// protobuf fast path copied a client's non-canonical encoding (unknown fields, repeated or split
-/// sub-messages, which prost merges) that the generated types re-encode canonically, the same rows once
-/// `detail` and the resource are decoded. Resource IDs hash the resource's encoding, so they are compared
-/// through the resources they name. Rejections, operations, the operation index and the metric reduction
-/// must be equal.
+/// Asserts two conversions of one request store the same: the same rows byte for byte (blocks and trace
+/// index), or, where the protobuf fast path copied a client's non-canonical encoding (unknown fields, repeated
+/// or split sub-messages, which prost merges) that the generated types re-encode canonically, the same spans
+/// in the same blocks once `detail` and the resource are decoded (the block IDs, which hash the block's bytes,
+/// and the bloom filters then may differ). Resource IDs hash the resource's encoding, so they are compared
+/// through the resources they name. Rejections, operations and the metric reduction must be equal.
 pub fn assert_same_storage(fast: &Converted, slow: &Converted) {
     assert_eq!(fast.encoded.span_count, slow.encoded.span_count, "span count");
     assert_eq!(fast.rejected, slow.rejected, "rejections");
     assert_eq!(fast.encoded.operations, slow.encoded.operations, "operations");
-    assert_eq!(
-        fast.encoded.operation_index, slow.encoded.operation_index,
-        "operation index"
-    );
     assert_eq!(fast.metrics, slow.metrics, "metrics");
     if fast.encoded.rows == slow.encoded.rows {
+        assert_eq!(fast.encoded.trace_index, slow.encoded.trace_index, "trace index");
         return;
     }
     let (fast_rows, slow_rows) = (rows(&fast.encoded.rows), rows(&slow.encoded.rows));
@@ -138,16 +143,22 @@ pub fn assert_same_storage(fast: &Converted, slow: &Converted) {
     assert_eq!(fast_rows.len(), slow_rows.len(), "row count");
     for (index, (fast_row, slow_row)) in fast_rows.iter().zip(&slow_rows).enumerate() {
         assert_eq!(
-            fast_row[..RESOURCE_ID],
-            slow_row[..RESOURCE_ID],
-            "row {index}'s columns"
+            fast_row.block[BLOCK_ID + 1..BLOOM],
+            slow_row.block[BLOCK_ID + 1..BLOOM],
+            "span {index}'s block columns"
         );
+        let entry = |row: &Row| BlockSpan {
+            detail: Default::default(),
+            resource_id: 0,
+            ..row.span.clone()
+        };
+        assert_eq!(entry(fast_row), entry(slow_row), "span {index}'s fields");
         assert_eq!(
             fast_resources.get(&resource_id(fast_row)),
             slow_resources.get(&resource_id(slow_row)),
             "row {index}'s resource"
         );
-        let detail = |row: &Row| SpanDetail::decode(row[DETAIL].as_deref().unwrap()).expect("readable");
+        let detail = |row: &Row| SpanDetail::decode(row.span.detail.as_ref()).expect("readable");
         assert_eq!(detail(fast_row), detail(slow_row), "row {index}'s detail");
     }
 }

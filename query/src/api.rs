@@ -366,6 +366,17 @@ pub(crate) struct V1ErrorEntry {
 }
 
 impl V1ErrorEntry {
+    /// The entry of a search that stopped at its budget before it had looked at everything that could match.
+    pub(crate) fn incomplete_search() -> Self {
+        Self {
+            code: 0,
+            msg: "search incomplete: it stopped at its time budget before looking at every span that could match, \
+                  so more matching traces may exist; narrow the time range or add a service, an operation or a tag"
+                .to_owned(),
+            trace_id: String::new(),
+        }
+    }
+
     /// A multi-get entry for a trace that was not found (no code, as Jaeger sends it).
     pub(crate) fn missing_trace(trace_id: String) -> Self {
         Self {

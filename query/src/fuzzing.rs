@@ -97,7 +97,13 @@ pub fn tempo_span_filter(query: &Query, services: &[String], start_ns: i64, end_
 
 /// The search response for traces found by `query`, as JSON.
 pub fn tempo_search_response(traces: &[StoredTrace], query: &Query, spans_per_span_set: usize) -> serde_json::Value {
-    serde_json::to_value(search::response(traces, query, spans_per_span_set, 1)).expect("serializes")
+    let found = tracepost_storage::SearchResult {
+        traces: traces.to_vec(),
+        complete: true,
+        inspected_traces: 1,
+        inspected_bytes: 0,
+    };
+    serde_json::to_value(search::response(&found, query, spans_per_span_set)).expect("serializes")
 }
 
 /// A trace ID as Tempo's search results write it (no leading zeros).

@@ -476,27 +476,9 @@ fn write_json_string(text: &str, out: &mut String) {
     out.push('"');
 }
 
-/// Go's `encoding/json` float format: shortest round-trip digits, plain notation for magnitudes in
-/// [1e-6, 1e21), exponent notation with an explicit sign (`1e+21`, `1e-7`) outside it.
+/// Go's `encoding/json` float format (see [`tracepost_storage::block::go_float_text`]).
 fn write_go_float(number: f64, out: &mut String) {
-    if !number.is_finite() {
-        out.push_str("null");
-        return;
-    }
-    let magnitude = number.abs();
-    if magnitude != 0.0 && !(1e-6..1e21).contains(&magnitude) {
-        let formatted = format!("{number:e}");
-        match formatted.split_once('e') {
-            Some((mantissa, exponent)) if !exponent.starts_with('-') => {
-                out.push_str(mantissa);
-                out.push_str("e+");
-                out.push_str(exponent);
-            }
-            _ => out.push_str(&formatted),
-        }
-    } else {
-        out.push_str(&number.to_string());
-    }
+    out.push_str(&tracepost_storage::block::go_float_text(number));
 }
 
 /// Whether an attribute value equals `expected` when compared as strings, as Jaeger's tag search does (the

@@ -74,6 +74,10 @@ pub(crate) fn truncation_warning(shown: usize) -> String {
 /// The response header saying a trace was cut, where the format (OTLP) has no place for it.
 pub(crate) const TRUNCATED_HEADER: &str = "tracepost-trace-truncated";
 
+/// Set (to `true`) on a search response when the search stopped at its budget before it had looked at everything
+/// that could match: there may be more matching traces than the response holds.
+pub(crate) const SEARCH_INCOMPLETE_HEADER: &str = "tracepost-search-incomplete";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crate::limits::SEARCH_INCOMPLETE_HEADER;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
@@ -10,7 +11,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 use tracepost_storage::model::{self, SpanKind, StatusCode as SpanStatus, StoredResource, StoredSpan, TraceId};
-use tracepost_storage::{SearchBudget, SpanFilter, StoredTrace, TimeRange, TraceReader};
+use tracepost_storage::{SearchBudget, SearchResult, SpanFilter, StoredTrace, TimeRange, TraceReader};
 
 use crate::api::{storage_failed, PrettyPrint, QueryError, V1Envelope, V1Error, V1ErrorEntry, V3Error};
 use crate::blocking::cpu_heavy;
@@ -167,10 +168,14 @@ async fn search_v1(
         return multi_get(&reader, &params, &trace_ids, pretty).await;
     }
     let search = parse_v1_search(&params, tracepost_storage::time::now_unix_nanos(), &limits)?;
-    let traces = find(&reader, &search).await?;
-    Ok(cpu_heavy(span_count(&traces), || {
-        let data: Vec<jaeger::Trace> = traces.iter().map(jaeger::to_jaeger_trace).collect();
-        pretty.json(V1Envelope::data(data))
+    let found = find(&reader, &search).await?;
+    Ok(cpu_heavy(span_count(&found.traces), || {
+        let data: Vec<jaeger::Trace> = found.traces.iter().map(jaeger::to_jaeger_trace).collect();
+        let mut envelope = V1Envelope::data(data);
+        if !found.complete {
+            envelope.errors = Some(vec![V1ErrorEntry::incomplete_search()]);
+        }
+        incomplete_marked(pretty.json(envelope), found.complete)
     }))
 }
 
@@ -236,10 +241,46 @@ pub(crate) fn parse_v1_search(params: &Params, now_ns: i64, limits: &QueryLimits
             max_duration_ns: max_duration.filter(|nanos| *nanos > 0),
             start_min_ns: start_ns,
             start_max_ns: end_ns,
+            required_items: tag_items(&tags),
         },
         tags,
         limit,
     })
+}
+
+/// Tags [`tag_matches`] also answers from a span's own fields, not from attributes only.
+const DERIVED_TAGS: &[&str] = &[
+    "error",
+    "span.kind",
+    "otel.status_code",
+    "otel.status_description",
+    "otel.scope.name",
+    "otel.scope.version",
+    "w3c.tracestate",
+];
+
+/// The bloom filter items every span matching all of `tags` carries ([`SpanFilter::required_items`]): one per
+/// tag, except the tags a span can match without an attribute of that exact string form (derived tags, an
+/// empty value, which an absent value matches, and an integer spelled otherwise than in decimal, `0200`).
+pub(crate) fn tag_items(tags: &[(String, String)]) -> Vec<u64> {
+    tags.iter()
+        .filter(|(key, value)| {
+            !DERIVED_TAGS.contains(&key.as_str())
+                && !value.is_empty()
+                && value.parse::<i64>().map_or(true, |number| number.to_string() == *value)
+        })
+        .map(|(key, value)| tracepost_storage::block::attribute_item(key, value))
+        .collect()
+}
+
+/// Marks the response of an incomplete search with [`SEARCH_INCOMPLETE_HEADER`].
+fn incomplete_marked(mut response: Response, complete: bool) -> Response {
+    if !complete {
+        response
+            .headers_mut()
+            .insert(SEARCH_INCOMPLETE_HEADER, axum::http::HeaderValue::from_static("true"));
+    }
+    response
 }
 
 /// Spans across `traces`: how heavy rendering them is.
@@ -313,11 +354,11 @@ fn parse_logfmt(text: &str) -> Option<Vec<(String, String)>> {
     Some(pairs)
 }
 
-async fn find(reader: &TraceReader, search: &Search) -> Result<Vec<StoredTrace>, QueryError> {
+async fn find(reader: &TraceReader, search: &Search) -> Result<SearchResult, QueryError> {
     let filter = &search.filter;
     let tags = &search.tags;
     reader
-        .find_traces_by_span(
+        .search(
             filter,
             search.limit,
             SearchBudget::default(),
@@ -558,6 +599,7 @@ pub(crate) fn parse_v3_search(params: &Params, limits: &QueryLimits) -> Result<S
             max_duration_ns: max_duration.filter(|nanos| *nanos > 0),
             start_min_ns: start_min,
             start_max_ns: start_max,
+            required_items: tag_items(&tags),
         },
         tags,
         limit: depth,
@@ -570,17 +612,21 @@ async fn search_v3(
 ) -> Result<Response, V3Error> {
     let params = params(query)?;
     let search = parse_v3_search(&params, &limits)?;
-    let traces = find(&reader, &search).await?;
+    let found = find(&reader, &search).await?;
+    let traces = &found.traces;
     if traces.is_empty() {
         return Err(QueryError::NoTracesFound.into());
     }
-    Ok(cpu_heavy(span_count(&traces), || {
+    Ok(cpu_heavy(span_count(traces), || {
         let mut data = otlp_json::to_traces_data(&traces[0]);
         for trace in &traces[1..] {
             data.resource_spans
                 .extend(otlp_json::to_traces_data(trace).resource_spans);
         }
-        Json(serde_json::json!({ "result": OtlpJson(&data) })).into_response()
+        incomplete_marked(
+            Json(serde_json::json!({ "result": OtlpJson(&data) })).into_response(),
+            found.complete,
+        )
     }))
 }
 
@@ -658,12 +704,13 @@ async fn summaries_v3(
 ) -> Result<Response, V3Error> {
     let params = params(query)?;
     let search = parse_v3_search(&params, &limits)?;
-    let traces = find(&reader, &search).await?;
-    Ok(cpu_heavy(span_count(&traces), || {
-        Json(SummariesV3 {
-            summaries: traces.iter().map(summarize).collect(),
+    let found = find(&reader, &search).await?;
+    Ok(cpu_heavy(span_count(&found.traces), || {
+        let response = Json(SummariesV3 {
+            summaries: found.traces.iter().map(summarize).collect(),
         })
-        .into_response()
+        .into_response();
+        incomplete_marked(response, found.complete)
     }))
 }
 

@@ -19,7 +19,6 @@ mod format;
 pub(crate) mod search;
 pub(crate) mod tags;
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -30,7 +29,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 use tracepost_storage::model::TraceId;
-use tracepost_storage::{SearchBudget, SpanFilter, StorageError, StoredTrace, TimeRange, TraceReader};
+use tracepost_storage::{SearchBudget, SearchResult, SpanFilter, StorageError, StoredTrace, TimeRange, TraceReader};
 
 use crate::api::{mark_truncated, QueryError, RETRY_AFTER_SECONDS};
 use crate::blocking::cpu_heavy;
@@ -282,30 +281,26 @@ async fn span_filter(
     Ok(search::span_filter(query, known.as_deref(), start_ns, end_ns))
 }
 
-/// Newest-first traces with a span matching `query`; the count is how many traces were read whole.
+/// Newest-first traces with a span matching `query`, with how much was inspected and whether that was
+/// everything that could match.
 async fn find(
     reader: &TraceReader,
     query: &Query,
     (start_ns, end_ns): (i64, i64),
     limit: usize,
     budget: SearchBudget,
-) -> Result<(Vec<StoredTrace>, u32), TempoError> {
+) -> Result<SearchResult, TempoError> {
     let filter = span_filter(reader, query, start_ns, end_ns).await?;
-    let inspected = AtomicU32::new(0);
-    let traces = reader
-        .find_traces_by_span(
+    reader
+        .search(
             &filter,
             limit,
             budget,
             |span, resource| query.may_match_span(span, resource),
-            |trace| {
-                inspected.fetch_add(1, Ordering::Relaxed);
-                cpu_heavy(trace.spans.len(), || query.matches_trace(trace))
-            },
+            |trace| cpu_heavy(trace.spans.len(), || query.matches_trace(trace)),
         )
         .await
-        .map_err(|error| storage_failed("searching traces", &error))?;
-    Ok((traces, inspected.load(Ordering::Relaxed)))
+        .map_err(|error| storage_failed("searching traces", &error))
 }
 
 async fn search_traces(
@@ -316,15 +311,16 @@ async fn search_traces(
     let now = tracepost_storage::time::now_unix_nanos();
     let request = search::parse_request(&params, now, &limits).map_err(TempoError::BadRequest)?;
     let window = (request.start_ns, request.end_ns);
-    let (traces, inspected) = find(&reader, &request.query, window, request.limit, SearchBudget::default()).await?;
-    Ok(cpu_heavy(span_count(&traces), || {
-        Json(search::response(
-            &traces,
-            &request.query,
-            request.spans_per_span_set,
-            inspected,
-        ))
-        .into_response()
+    let found = find(&reader, &request.query, window, request.limit, SearchBudget::default()).await?;
+    Ok(cpu_heavy(span_count(&found.traces), || {
+        let mut response = Json(search::response(&found, &request.query, request.spans_per_span_set)).into_response();
+        if !found.complete {
+            response.headers_mut().insert(
+                crate::limits::SEARCH_INCOMPLETE_HEADER,
+                http::HeaderValue::from_static("true"),
+            );
+        }
+        response
     }))
 }
 
@@ -377,7 +373,7 @@ pub(crate) fn tag_window(params: &Params) -> Result<(i64, i64), TempoError> {
 /// A bounded sample of recent traces matching `query`.
 async fn sample(reader: &TraceReader, query: &Query, params: &Params) -> Result<Vec<StoredTrace>, TempoError> {
     let window = tag_window(params)?;
-    Ok(find(reader, query, window, SAMPLE_TRACES, SAMPLE_BUDGET).await?.0)
+    Ok(find(reader, query, window, SAMPLE_TRACES, SAMPLE_BUDGET).await?.traces)
 }
 
 async fn search_tags(

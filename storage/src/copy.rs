@@ -11,12 +11,20 @@ use prost::Message;
 
 use crate::model::{Span, SpanId, SpanKind, StatusCode, TraceId};
 
-/// The layout of the rows [`encode_span_row`] and [`encode_operation_index_row`] write, as the spool records
-/// it: change it whenever [`COPY_SPANS`] or [`COPY_OPERATION_INDEX`] (their columns or types) change, and keep
-/// a way to write rows of every earlier layout a spool may still hold.
-pub const ROW_FORMAT: u32 = 1;
+/// The layout of the rows [`crate::block::BlockBuilder`] writes, as the spool records it: change it whenever
+/// [`crate::block::COPY_SPAN_BLOCKS`] or [`crate::block::COPY_TRACE_INDEX`] (their columns or types) change,
+/// and keep a way to write rows of every earlier layout a spool may still hold
+/// ([`crate::block::upgrade_rows`]).
+///
+/// - 1: one `spans` row per span ([`encode_span_row`]) and `operation_index` rows (tracepost 0.1 before the
+///   block layout). Read back and rewritten as blocks.
+/// - 2: `span_blocks` and `trace_index` rows.
+pub const ROW_FORMAT: u32 = 2;
 
-/// The COPY statement whose column order [`encode_span_row`] follows.
+/// The row layout of the legacy `spans` table (format 1).
+pub const LEGACY_ROW_FORMAT: u32 = 1;
+
+/// The COPY statement whose column order [`encode_span_row`] follows (format 1, the legacy table).
 pub const COPY_SPANS: &str = "COPY spans (trace_id, span_id, parent_span_id, start_ns, duration_ns, service, name, \
      kind, status, cluster, resource_id, detail) FROM STDIN (FORMAT binary)";
 
@@ -88,7 +96,7 @@ pub struct RowSpan<'a> {
     pub status_code: StatusCode,
 }
 
-/// Appends one span row. The span's name must already be safe for a `text` column (see [`sanitize_text`]).
+/// Appends one legacy (format 1) span row. The span's name must already be safe for a `text` column (see [`sanitize_text`]).
 pub fn encode_span_row(out: &mut BytesMut, context: RowContext<'_>, span: &Span) {
     let row = RowSpan {
         trace_id: &span.trace_id,
@@ -107,7 +115,7 @@ pub fn encode_span_row(out: &mut BytesMut, context: RowContext<'_>, span: &Span)
     span.detail.encode_raw(out);
 }
 
-/// Appends one span row whose `detail` column is already encoded (the protobuf of a `SpanDetail`).
+/// Appends one legacy (format 1) span row whose `detail` column is already encoded (the protobuf of a `SpanDetail`).
 pub fn encode_span_row_with_detail(out: &mut BytesMut, context: RowContext<'_>, row: &RowSpan<'_>, detail: &[u8]) {
     encode_row_columns(out, context, row);
     put_bytes(out, detail);
@@ -139,17 +147,22 @@ fn encode_row_columns(out: &mut BytesMut, context: RowContext<'_>, row: &RowSpan
     put_i64(out, context.resource_id);
 }
 
-fn put_bytes(out: &mut BytesMut, value: &[u8]) {
+pub(crate) fn put_bytes(out: &mut BytesMut, value: &[u8]) {
     out.put_i32(i32::try_from(value.len()).unwrap_or(i32::MAX));
     out.put_slice(value);
 }
 
-fn put_i64(out: &mut BytesMut, value: i64) {
+pub(crate) fn put_i64(out: &mut BytesMut, value: i64) {
     out.put_i32(8);
     out.put_i64(value);
 }
 
-fn put_i16(out: &mut BytesMut, value: i16) {
+pub(crate) fn put_i32(out: &mut BytesMut, value: i32) {
+    out.put_i32(4);
+    out.put_i32(value);
+}
+
+pub(crate) fn put_i16(out: &mut BytesMut, value: i16) {
     out.put_i32(2);
     out.put_i16(value);
 }

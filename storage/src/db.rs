@@ -58,10 +58,11 @@ pub enum ConnectError {
 pub fn connect_pool(config: &DatabaseConfig) -> Result<Pool, ConnectError> {
     let (mut pg_config, verify_mode) = parse_url(&config.url)?;
     pg_config.connect_timeout(config.connect_timeout);
+    let mut options = with_session_settings(pg_config.get_options());
     if let Some(timeout) = config.statement_timeout {
-        let options = with_statement_timeout(pg_config.get_options(), timeout);
-        pg_config.options(&options);
+        options = with_statement_timeout(Some(&options), timeout);
     }
+    pg_config.options(&options);
     if pg_config.get_application_name().is_none() {
         pg_config.application_name("tracepost");
     }
@@ -80,6 +81,19 @@ pub fn connect_pool(config: &DatabaseConfig) -> Result<Pool, ConnectError> {
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .build()
         .map_err(|error| ConnectError::Pool(error.to_string()))
+}
+
+/// Settings every tracepost session runs with, whatever the server's defaults and whatever its statistics say:
+/// no JIT (compiling a plan costs more than any of tracepost's queries runs) and no parallel plans (an
+/// estimate made without statistics must not turn an index lookup into a parallel scan; tracepost's queries
+/// are bounded index walks). Placed before the URL's own options, so an operator can still override them.
+pub const SESSION_SETTINGS: &str = "-c jit=off -c max_parallel_workers_per_gather=0";
+
+fn with_session_settings(options: Option<&str>) -> String {
+    match options.map(str::trim).filter(|options| !options.is_empty()) {
+        Some(options) => format!("{SESSION_SETTINGS} {options}"),
+        None => SESSION_SETTINGS.to_owned(),
+    }
 }
 
 /// The startup `options` with `-c statement_timeout=<ms>` added (after any the URL gave, so it wins), applied
@@ -225,6 +239,15 @@ mod tests {
             with_statement_timeout(Some("-c search_path=tp"), Duration::from_micros(10)),
             "-c search_path=tp -c statement_timeout=1"
         );
+    }
+
+    #[test]
+    fn sessions_turn_jit_and_parallel_plans_off_before_the_urls_own_options() {
+        assert_eq!(
+            with_session_settings(Some("-c search_path=tp")),
+            "-c jit=off -c max_parallel_workers_per_gather=0 -c search_path=tp"
+        );
+        assert_eq!(with_session_settings(None), SESSION_SETTINGS);
     }
 
     #[test]

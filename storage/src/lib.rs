@@ -1,6 +1,7 @@
 //! tracepost's storage: the span model, the PostgreSQL schema and its migrations, the binary COPY writer,
 //! trace reads and partition maintenance. Depends on no other tracepost crate.
 
+pub mod block;
 pub mod copy;
 pub mod db;
 pub mod dependencies;
@@ -15,8 +16,8 @@ pub mod writer;
 pub use db::{connect_pool, ConnectError, DatabaseConfig, DEFAULT_STATEMENT_TIMEOUT};
 pub use deadpool_postgres::Pool;
 pub use reader::{
-    DependencyLink, SearchBudget, SpanFilter, StoredTrace, TimeRange, TraceReader, DEFAULT_MAX_SPANS_PER_SEARCH,
-    DEFAULT_MAX_SPANS_PER_TRACE,
+    DependencyLink, SearchBudget, SearchResult, SpanFilter, StoredTrace, TimeRange, TraceReader,
+    DEFAULT_MAX_SPANS_PER_SEARCH, DEFAULT_MAX_SPANS_PER_TRACE,
 };
 pub use writer::{EncodedSpans, OperationRow, ResourceRow, SpanWriter};
 

@@ -20,14 +20,30 @@ pub struct MaintenanceReport {
     pub dropped: Vec<String>,
     /// Rows deleted from the default partition because they are older than the retention.
     pub expired_default_rows: u64,
+    /// Partitions analyzed (new, or changed much since their last statistics).
+    pub analyzed: Vec<String>,
 }
 
-/// The tables partitioned by day on `start_ns`, each with a `<table>_default` partition.
-const PARTITIONED_TABLES: &[&str] = &["spans", "operation_index"];
+/// The tables partitioned by day on `start_ns`, each with a `<table>_default` partition, and whether they are
+/// still written (partitions are created ahead only for those; every one is dropped after the retention).
+const PARTITIONED_TABLES: &[(&str, bool)] = &[
+    ("span_blocks", true),
+    ("trace_index", true),
+    // The per-span tables of schema versions before 5: read until retention empties them.
+    ("spans", false),
+    ("operation_index", false),
+];
 
-/// The name of the `spans` partition holding one day (days since the Unix epoch): `spans_pYYYYMMDD`.
+/// A partition is analyzed again once this share of its rows has changed since it last was (and at least
+/// [`ANALYZE_MIN_CHANGES`] rows): a new day's partition starts without statistics, and nothing may depend
+/// on autovacuum having got to it.
+const ANALYZE_CHANGED_SHARE: f64 = 0.1;
+const ANALYZE_MIN_CHANGES: i64 = 1000;
+
+/// The name of the `span_blocks` partition holding one day (days since the Unix epoch):
+/// `span_blocks_pYYYYMMDD`.
 pub fn partition_name(day: i32) -> String {
-    table_partition_name("spans", day)
+    table_partition_name("span_blocks", day)
 }
 
 fn table_partition_name(table: &str, day: i32) -> String {
@@ -92,19 +108,19 @@ async fn maintain_locked(
     let cutoff = now_unix_nanos.saturating_sub(retention_nanos);
     let today = crate::time::day_of(now_unix_nanos);
     let oldest_kept = crate::time::day_of(cutoff);
-    for table in PARTITIONED_TABLES {
+    for &(table, written) in PARTITIONED_TABLES {
         let existing: Vec<i32> = client
             .query(
                 "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
                  WHERE i.inhparent = $1::text::regclass",
-                &[table],
+                &[&table],
             )
             .await?
             .iter()
             .filter_map(|row| parse_partition_name(table, row.get::<_, &str>(0)))
             .collect();
         for day in (today - 1).max(oldest_kept)..=today + days_ahead {
-            if !existing.contains(&day) {
+            if written && !existing.contains(&day) {
                 create_partition(client, table, day).await?;
                 report.created.push(table_partition_name(table, day));
             }
@@ -120,10 +136,11 @@ async fn maintain_locked(
             .execute(&format!("DELETE FROM {table}_default WHERE start_ns < $1"), &[&cutoff])
             .await?;
         expired += expire_beyond_window(client, table, now_unix_nanos, cutoff, today + days_ahead).await?;
-        if *table == "spans" {
+        if table == "span_blocks" {
             report.expired_default_rows = expired;
         }
     }
+    report.analyzed = analyze_changed(client, today).await?;
     client
         .execute("DELETE FROM resources WHERE day < $1", &[&(oldest_kept - 1)])
         .await?;
@@ -134,6 +151,36 @@ async fn maintain_locked(
         tracing::info!(created = ?report.created, dropped = ?report.dropped, "maintained partitions");
     }
     Ok(report)
+}
+
+/// Analyzes the written tables' partitions of yesterday, today and tomorrow, and their default partitions,
+/// when they have no statistics yet or have changed by [`ANALYZE_CHANGED_SHARE`] since they were analyzed.
+async fn analyze_changed(client: &deadpool_postgres::Client, today: i32) -> Result<Vec<String>, StorageError> {
+    let mut names = Vec::new();
+    for (table, _) in PARTITIONED_TABLES.iter().filter(|(_, written)| *written) {
+        names.push(format!("{table}_default"));
+        for day in today - 1..=today + 1 {
+            names.push(table_partition_name(table, day));
+        }
+    }
+    let due: Vec<String> = client
+        .query(
+            "SELECT s.relname::text FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+             WHERE s.relname = ANY($1) AND s.schemaname = current_schema()
+               AND s.n_mod_since_analyze >= greatest($2::int8, (greatest(c.reltuples, 0) * $3::float8)::int8)",
+            &[&names, &ANALYZE_MIN_CHANGES, &ANALYZE_CHANGED_SHARE],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    for name in &due {
+        client.batch_execute(&format!("ANALYZE {name}")).await?;
+    }
+    if !due.is_empty() {
+        tracing::debug!(analyzed = ?due, "analyzed partitions");
+    }
+    Ok(due)
 }
 
 /// Rows of the default partition dated after the last daily partition (`last_day`) are kept for the
@@ -186,7 +233,8 @@ async fn create_partition(client: &mut deadpool_postgres::Client, table: &str, d
     transaction
         .batch_execute(&format!(
             "LOCK TABLE {table}_default IN SHARE ROW EXCLUSIVE MODE;
-             CREATE TABLE {name} (LIKE {table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
+             CREATE TABLE {name} (LIKE {table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE
+                                  INCLUDING COMPRESSION);
              WITH moved AS (DELETE FROM {table}_default WHERE start_ns >= {lower} AND start_ns < {upper}
                             RETURNING *)
              INSERT INTO {name} SELECT * FROM moved;
@@ -217,7 +265,7 @@ mod tests {
     #[test]
     fn partition_names_round_trip() {
         let day = days_from_civil(2026, 11, 23);
-        assert_eq!(partition_name(day), "spans_p20261123");
+        assert_eq!(partition_name(day), "span_blocks_p20261123");
         assert_eq!(parse_partition_name("spans", "spans_p20261123"), Some(day));
         assert_eq!(parse_partition_name("spans", "spans_default"), None);
         assert_eq!(parse_partition_name("spans", "operation_index_p20261123"), None);

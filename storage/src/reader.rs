@@ -4,14 +4,19 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use deadpool_postgres::Pool;
 use prometheus_client::metrics::counter::Counter;
 use prost::Message;
 use tokio_postgres::Row;
 
-use crate::copy::{operation_key, sanitize_text};
-use crate::model::{Resource, Span, SpanDetail, SpanId, SpanKind, StatusCode, StoredResource, StoredSpan, TraceId};
+use crate::block::{bloom_condition, decode_block_spans, BlockSpan};
+use crate::copy::sanitize_text;
+use crate::model::{Resource, SpanKind, StoredResource, StoredSpan, TraceId};
+use crate::time::NANOS_PER_DAY;
 use crate::StorageError;
+
+mod legacy;
 
 /// A trace as stored: its spans (each span ID once, ordered by start time) and the resources they reference.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -64,7 +69,7 @@ pub struct TimeRange {
 }
 
 /// What SQL can select candidate spans by; everything else a search asks is checked on the fetched traces.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SpanFilter {
     /// Services to search; `None` means every service in the operations dictionary.
     pub services: Option<Vec<String>>,
@@ -76,6 +81,74 @@ pub struct SpanFilter {
     /// Span start bounds, inclusive, in Unix nanoseconds.
     pub start_min_ns: i64,
     pub start_max_ns: i64,
+    /// Bloom filter items ([`crate::block::attribute_item`], [`crate::block::name_item`]) that every span the
+    /// search is after carries: blocks whose filter lacks one are skipped unread. Leave out anything a
+    /// matching span might not carry (an alternative, a negation, a derived tag).
+    pub required_items: Vec<u64>,
+}
+
+/// What a search found, and whether that is all there is.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SearchResult {
+    pub traces: Vec<StoredTrace>,
+    /// False when the search stopped at its budget (pages, time, spans held) before it had looked at every
+    /// block that could hold a match and before it had `limit` traces: more matching traces may exist.
+    pub complete: bool,
+    /// Traces whose spans were checked.
+    pub inspected_traces: u64,
+    /// Bytes of span blocks read.
+    pub inspected_bytes: u64,
+}
+
+/// One `span_blocks` row as searches and lookups read it.
+struct BlockRow {
+    block_id: i64,
+    last_start_ns: i64,
+    service: String,
+    cluster: Option<String>,
+    spans: Bytes,
+}
+
+impl BlockRow {
+    fn from_row(row: &Row) -> Self {
+        Self {
+            block_id: row.get("block_id"),
+            last_start_ns: row.get("last_start_ns"),
+            service: row.get("service"),
+            cluster: row.get("cluster"),
+            spans: Bytes::copy_from_slice(row.get::<_, &[u8]>("spans")),
+        }
+    }
+}
+
+/// The search's page query: blocks newest first (by latest span start, then ID) below the cursor, within the
+/// time range (`$1`, `$2`; `$3` the first day, for partition pruning) and duration range (`$6`, `$7`), at
+/// most `$8`; with services, `$9` holds them; then a pair of probe hashes per bloom filter item.
+fn search_statement(with_services: bool, items: usize) -> String {
+    let first_probe = if with_services { 10 } else { 9 };
+    let mut conditions = String::from(
+        "last_start_ns >= $1 AND start_ns <= $2 AND start_ns >= $3 \
+         AND last_start_ns <= $4 AND (last_start_ns < $4 OR block_id < $5) \
+         AND max_duration_ns >= $6 AND min_duration_ns <= $7",
+    );
+    for item in 0..items {
+        let h1 = first_probe + 2 * item;
+        conditions.push_str(" AND ");
+        conditions.push_str(&bloom_condition("bloom", h1, h1 + 1));
+    }
+    let columns = "block_id, last_start_ns, service, cluster, spans";
+    if with_services {
+        format!(
+            "SELECT c.* FROM unnest($9::text[]) AS s(service) CROSS JOIN LATERAL (
+                 SELECT {columns} FROM span_blocks WHERE span_blocks.service = s.service AND {conditions}
+                 ORDER BY last_start_ns DESC, block_id DESC LIMIT $8) c
+             ORDER BY c.last_start_ns DESC, c.block_id DESC LIMIT $8"
+        )
+    } else {
+        format!(
+            "SELECT {columns} FROM span_blocks WHERE {conditions} ORDER BY last_start_ns DESC, block_id DESC LIMIT $8"
+        )
+    }
 }
 
 /// Bounds on the work one search may do.
@@ -112,9 +185,6 @@ pub struct DependencyLink {
 /// start a little before or after the span that matched.
 const TRACE_SLACK_NS: i64 = 10 * 60 * 1_000_000_000;
 
-const SPAN_COLUMNS: &str =
-    "trace_id, span_id, parent_span_id, start_ns, service, name, kind, status, cluster, resource_id, detail";
-
 /// The default [`TraceReader::max_spans_per_trace`].
 pub const DEFAULT_MAX_SPANS_PER_TRACE: usize = 10_000;
 
@@ -139,6 +209,8 @@ pub struct TraceReader {
     max_spans_per_search: usize,
     undecodable: Counter,
     log_limiter: Arc<Mutex<LogLimiter>>,
+    /// When the per-span tables of earlier versions were last checked for rows, and whether they had any.
+    legacy: Arc<Mutex<Option<(Instant, bool)>>>,
 }
 
 impl TraceReader {
@@ -150,6 +222,7 @@ impl TraceReader {
             max_spans_per_search: DEFAULT_MAX_SPANS_PER_SEARCH,
             undecodable: Counter::default(),
             log_limiter: Arc::default(),
+            legacy: Arc::default(),
         }
     }
 
@@ -182,19 +255,6 @@ impl TraceReader {
                 "left an undecodable stored {what} out of the answer"
             );
         }
-    }
-
-    /// The spans of `rows`, leaving out (and counting) those that cannot be decoded.
-    fn decode_spans(&self, rows: &[Row]) -> Vec<StoredSpan> {
-        rows.iter()
-            .filter_map(|row| match span_from_row(row) {
-                Ok(span) => Some(span),
-                Err(error) => {
-                    self.skip_undecodable("span", row.try_get::<_, &[u8]>(0).ok(), None, &error);
-                    None
-                }
-            })
-            .collect()
     }
 
     /// The resources of `resource_ids`; one whose body cannot be decoded is left out (and counted), so its
@@ -271,83 +331,194 @@ impl TraceReader {
     }
 
     /// Fetches traces by ID, in the order asked; IDs with no stored span are left out. Each trace holds at most
-    /// [`TraceReader::max_spans_per_trace`] spans, the first by start time, and says when it holds fewer than
-    /// are stored.
+    /// [`TraceReader::max_spans_per_trace`] spans (by start time, whole blocks at a time: a trace's blocks are
+    /// read earliest first until the limit is passed) and says when it holds fewer than are stored.
     ///
-    /// Spans are deduplicated here, on read: a client that retried an export whose acknowledgement it lost
-    /// may have stored the same (trace ID, span ID) twice, and the first copy wins.
+    /// Reads `trace_index` (one hash-index probe per partition) and then only the blocks it names; blocks are
+    /// never scanned. Spans are deduplicated here, on read: a client that retried an export whose
+    /// acknowledgement it lost, or a spool replay, may have stored the same (trace ID, span ID) twice, and the
+    /// first copy wins. Spans of the per-span tables of earlier versions are read beside them while any remain.
     pub async fn get_traces(&self, trace_ids: &[TraceId], range: TimeRange) -> Result<Vec<StoredTrace>, StorageError> {
         if trace_ids.is_empty() {
             return Ok(Vec::new());
         }
         let client = self.pool.get().await?;
-        // One index lookup per trace, each cut to the limit (plus one) by PostgreSQL's top-N sort.
-        let statement = client
-            .prepare_cached(&format!(
-                "SELECT c.* FROM unnest($1::bytea[]) AS t(id) CROSS JOIN LATERAL (
-                     SELECT {SPAN_COLUMNS} FROM spans
-                     WHERE trace_id = t.id AND start_ns >= $2 AND start_ns <= $3
-                     ORDER BY start_ns, span_id LIMIT $4) c
-                 ORDER BY c.start_ns, c.span_id"
-            ))
-            .await?;
         let ids: Vec<&[u8]> = trace_ids.iter().map(|id| id.0.as_slice()).collect();
-        let rows = client
-            .query(
-                &statement,
-                &[
-                    &ids,
-                    &range.start.unwrap_or(i64::MIN),
-                    &range.end.unwrap_or(i64::MAX),
-                    &self.spans_per_trace_query_limit(),
-                ],
+        // A block lies within one day, so a block holding spans of the range starts no earlier than the range's
+        // first day.
+        let lower = range
+            .start
+            .map_or(i64::MIN, |start| start - start.rem_euclid(NANOS_PER_DAY));
+        let statement = client
+            .prepare_cached(
+                "SELECT t.id, i.start_ns, i.block_id, i.span_count FROM unnest($1::bytea[]) AS t(id)
+                 CROSS JOIN LATERAL (
+                     SELECT start_ns, block_id, span_count FROM trace_index
+                     WHERE trace_id = encode(t.id, 'hex')::uuid AND start_ns >= $2 AND start_ns <= $3) i",
             )
             .await?;
-        let mut by_trace: HashMap<TraceId, Vec<StoredSpan>> = HashMap::new();
-        let mut rows_per_trace: HashMap<TraceId, usize> = HashMap::new();
-        let mut seen = HashSet::with_capacity(rows.len());
-        for span in self.decode_spans(&rows) {
-            *rows_per_trace.entry(span.span.trace_id).or_default() += 1;
-            if seen.insert((span.span.trace_id, span.span.span_id)) {
-                by_trace.entry(span.span.trace_id).or_default().push(span);
+        let rows = client
+            .query(&statement, &[&ids, &lower, &range.end.unwrap_or(i64::MAX)])
+            .await?;
+        let mut entries: HashMap<TraceId, Vec<(i64, i64, i64)>> = HashMap::new();
+        for row in &rows {
+            match trace_id_from(row.get(0)) {
+                Ok(trace_id) => {
+                    entries
+                        .entry(trace_id)
+                        .or_default()
+                        .push((row.get(1), row.get(2), i64::from(row.get::<_, i32>(3))))
+                }
+                Err(error) => self.skip_undecodable("trace index entry", row.try_get(0).ok(), None, &error),
             }
         }
-        let mut truncated = HashSet::new();
-        for (trace_id, spans) in &mut by_trace {
-            if rows_per_trace.get(trace_id).copied().unwrap_or(0) > self.max_spans_per_trace {
-                spans.truncate(self.max_spans_per_trace);
-                truncated.insert(*trace_id);
+        // Per trace, its blocks earliest first, until they hold more spans than are kept.
+        let wanted = self.spans_per_trace_query_limit();
+        let mut blocks: Vec<(i64, i64)> = Vec::new();
+        let mut cut = HashSet::new();
+        for (trace_id, list) in &mut entries {
+            list.sort_unstable();
+            let mut held = 0i64;
+            for &(start, block, count) in list.iter() {
+                if held >= wanted {
+                    cut.insert(*trace_id);
+                    break;
+                }
+                blocks.push((block, start));
+                held += count;
             }
         }
-        let resource_ids: Vec<i64> = by_trace
-            .values()
-            .flatten()
-            .map(|span| span.resource_id)
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let resources = self.load_resources(&client, &resource_ids).await?;
-        let mut traces = Vec::with_capacity(by_trace.len());
+        blocks.sort_unstable();
+        blocks.dedup_by_key(|(block, _)| *block);
+        let mut spans_by_trace = self
+            .read_blocks(&client, &blocks, |trace_id| entries.contains_key(trace_id))
+            .await?;
+        drop(client);
+        if self.legacy_present().await? {
+            for trace in self.legacy_get_traces(trace_ids, range).await? {
+                spans_by_trace.entry(trace.trace_id).or_default().extend(trace.spans);
+            }
+        }
+        let in_range = |span: &StoredSpan| {
+            let start = i64::try_from(span.span.start_time_unix_nano).unwrap_or(i64::MAX);
+            range.start.is_none_or(|bound| start >= bound) && range.end.is_none_or(|bound| start <= bound)
+        };
+        let mut assembled = Vec::with_capacity(trace_ids.len());
+        let mut resource_ids = HashSet::new();
         for trace_id in trace_ids {
-            let Some(spans) = by_trace.remove(trace_id) else {
+            let Some(mut spans) = spans_by_trace.remove(trace_id) else {
                 continue;
             };
-            let resources = spans
-                .iter()
-                .filter_map(|span| {
-                    resources
-                        .get(&span.resource_id)
-                        .map(|resource| (span.resource_id, resource.clone()))
-                })
-                .collect();
-            traces.push(StoredTrace {
-                trace_id: *trace_id,
-                spans,
-                resources,
-                truncated: truncated.contains(trace_id),
-            });
+            spans.retain(in_range);
+            spans.sort_by_key(|span| (span.span.start_time_unix_nano, span.span.span_id));
+            let mut seen = HashSet::with_capacity(spans.len());
+            spans.retain(|span| seen.insert(span.span.span_id));
+            if spans.is_empty() {
+                continue;
+            }
+            let truncated = spans.len() > self.max_spans_per_trace || cut.contains(trace_id);
+            spans.truncate(self.max_spans_per_trace);
+            resource_ids.extend(spans.iter().map(|span| span.resource_id));
+            assembled.push((*trace_id, spans, truncated));
         }
-        Ok(traces)
+        let client = self.pool.get().await?;
+        let resource_ids: Vec<i64> = resource_ids.into_iter().collect();
+        let resources = self.load_resources(&client, &resource_ids).await?;
+        Ok(assembled
+            .into_iter()
+            .map(|(trace_id, spans, truncated)| StoredTrace {
+                trace_id,
+                resources: spans
+                    .iter()
+                    .filter_map(|span| resources.get(&span.resource_id).map(|r| (span.resource_id, r.clone())))
+                    .collect(),
+                spans,
+                truncated,
+            })
+            .collect())
+    }
+
+    /// Reads blocks by (block ID, a start time of theirs) and keeps the spans of the traces `wanted` selects.
+    async fn read_blocks(
+        &self,
+        client: &deadpool_postgres::Client,
+        blocks: &[(i64, i64)],
+        wanted: impl Fn(&TraceId) -> bool,
+    ) -> Result<HashMap<TraceId, Vec<StoredSpan>>, StorageError> {
+        let mut spans: HashMap<TraceId, Vec<StoredSpan>> = HashMap::new();
+        if blocks.is_empty() {
+            return Ok(spans);
+        }
+        let statement = client
+            .prepare_cached(&format!(
+                "SELECT b.* FROM unnest($1::int8[], $2::int8[]) AS k(id, start)
+                 CROSS JOIN LATERAL (
+                     SELECT block_id, last_start_ns, service, cluster, spans FROM span_blocks
+                     WHERE block_id = k.id AND start_ns <= k.start
+                       AND start_ns >= k.start - mod(k.start, {NANOS_PER_DAY})) b"
+            ))
+            .await?;
+        let ids: Vec<i64> = blocks.iter().map(|(id, _)| *id).collect();
+        let starts: Vec<i64> = blocks.iter().map(|(_, start)| *start).collect();
+        let rows = client.query(&statement, &[&ids, &starts]).await?;
+        for row in &rows {
+            let block = BlockRow::from_row(row);
+            self.decode_block_into(&block, &wanted, |_| true, |_, _| true, &mut spans);
+        }
+        Ok(spans)
+    }
+
+    /// Decodes a block's spans of the traces `traces` picks that `select` picks (from the fields stored beside their detail) and `keep` keeps
+    /// (given the span as stored in the block and decoded) into `out`, by trace; an undecodable block or span is left
+    /// out and counted.
+    fn decode_block_into(
+        &self,
+        block: &BlockRow,
+        traces: impl Fn(&TraceId) -> bool,
+        select: impl Fn(&BlockSpan) -> bool,
+        keep: impl Fn(&BlockSpan, &StoredSpan) -> bool,
+        out: &mut HashMap<TraceId, Vec<StoredSpan>>,
+    ) {
+        let decoded = match decode_block_spans(block.spans.clone(), traces) {
+            Ok(decoded) => decoded,
+            Err(error) => {
+                self.skip_undecodable("span block", None, None, &error);
+                return;
+            }
+        };
+        for span in decoded.into_iter().filter(|span| select(span)) {
+            let stored = match span.to_span() {
+                Ok(decoded) => StoredSpan {
+                    span: decoded,
+                    resource_id: span.resource_id,
+                    service_name: block.service.clone(),
+                    cluster: block.cluster.clone(),
+                },
+                Err(error) => {
+                    self.skip_undecodable("span", Some(&span.trace_id), None, &error);
+                    continue;
+                }
+            };
+            if keep(&span, &stored) {
+                out.entry(stored.span.trace_id).or_default().push(stored);
+            }
+        }
+    }
+
+    /// Whether the per-span tables of earlier versions still hold rows (checked at most once a minute).
+    async fn legacy_present(&self) -> Result<bool, StorageError> {
+        if let Some((checked, present)) = *self.legacy.lock().unwrap_or_else(std::sync::PoisonError::into_inner) {
+            if checked.elapsed() < Duration::from_secs(60) {
+                return Ok(present);
+            }
+        }
+        let client = self.pool.get().await?;
+        let present: bool = client
+            .query_one("SELECT EXISTS (SELECT 1 FROM spans)", &[])
+            .await?
+            .get(0);
+        *self.legacy.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((Instant::now(), present));
+        Ok(present)
     }
 
     /// Service names, sorted, at most [`MAX_LISTED_SERVICES`] (a client inventing service names cannot make the
@@ -409,10 +580,7 @@ impl TraceReader {
 
     /// Newest-first search: traces with a span selected by `filter` for which `span_matches` holds (given the
     /// span's resource), and for which `trace_matches` holds as a whole; at most `limit`, within `budget`.
-    ///
-    /// Candidate spans come newest first from the `(service, start_ns DESC)` index, a page at a time, one
-    /// index walk per service; `span_matches` runs on the candidates themselves, so only traces with a
-    /// matching span are fetched whole.
+    /// See [`TraceReader::search`], which also says whether the answer is complete.
     pub async fn find_traces_by_span(
         &self,
         filter: &SpanFilter,
@@ -421,65 +589,119 @@ impl TraceReader {
         span_matches: impl Fn(&StoredSpan, Option<&StoredResource>) -> bool,
         trace_matches: impl Fn(&StoredTrace) -> bool,
     ) -> Result<Vec<StoredTrace>, StorageError> {
+        Ok(self
+            .search(filter, limit, budget, span_matches, trace_matches)
+            .await?
+            .traces)
+    }
+
+    /// Newest-first search: traces with a span selected by `filter` for which `span_matches` holds (given the
+    /// span's resource), and for which `trace_matches` holds as a whole; at most `limit`, within `budget`.
+    ///
+    /// Blocks come newest first (by their latest span start) from the `(service, last_start_ns)` index, or
+    /// across services from `(last_start_ns)`, a page at a time; PostgreSQL itself skips blocks whose time
+    /// range, duration range or bloom filter rule them out (every item of `filter.required_items` must be in
+    /// the filter), so a value only one span carries costs a scan of the blocks' filters, not of their spans.
+    /// The candidates' spans are checked here, and the traces of matching ones fetched whole. The result says
+    /// whether every block that could hold a match was looked at ([`SearchResult::complete`]).
+    pub async fn search(
+        &self,
+        filter: &SpanFilter,
+        limit: usize,
+        budget: SearchBudget,
+        span_matches: impl Fn(&StoredSpan, Option<&StoredResource>) -> bool,
+        trace_matches: impl Fn(&StoredTrace) -> bool,
+    ) -> Result<SearchResult, StorageError> {
         let started = Instant::now();
+        let mut result = SearchResult {
+            complete: true,
+            ..SearchResult::default()
+        };
         // Text columns hold NUL as U+FFFD (PostgreSQL refuses NUL in text), so parameters do too.
-        let services: Vec<String> = match &filter.services {
-            Some(services) => services
+        let services: Option<Vec<String>> = filter.services.as_ref().map(|services| {
+            services
                 .iter()
                 .map(|service| crate::limits::label_column(service).into_owned())
-                .collect(),
-            None => self.services().await?,
-        };
+                .collect()
+        });
         let operation = filter
             .operation
             .as_deref()
             .map(|operation| sanitize_text(operation).into_owned());
-        if services.is_empty() || limit == 0 {
-            return Ok(Vec::new());
+        if limit == 0 || services.as_ref().is_some_and(Vec::is_empty) {
+            return Ok(result);
         }
-        if filter.operation.is_some() {
-            return self
-                .find_by_operation(&services, filter, limit, budget, span_matches, trace_matches)
-                .await;
+        let mut items = filter.required_items.clone();
+        if let Some(operation) = &operation {
+            items.push(crate::block::name_item(operation));
         }
-        let mut found = Vec::new();
-        let mut found_spans = 0usize;
+        items.sort_unstable();
+        items.dedup();
+        let statement = search_statement(services.is_some(), items.len());
+        let lower_day = filter.start_min_ns - filter.start_min_ns.rem_euclid(NANOS_PER_DAY);
+        let probes: Vec<(i64, i64)> = items.iter().map(|item| crate::block::probe_hashes(*item)).collect();
+        let mut cursor = (i64::MAX, i64::MAX);
+        let mut page = 4i64;
         let mut examined = HashSet::new();
         let mut resources: HashMap<i64, StoredResource> = HashMap::new();
-        let mut upper = filter.start_max_ns;
-        let mut page_spans = (limit as i64).saturating_mul(8).clamp(1, budget.page_spans.max(1));
+        let mut found_spans = 0usize;
         for _ in 0..budget.max_pages {
+            if started.elapsed() > budget.max_time {
+                result.complete = false;
+                break;
+            }
             let client = self.pool.get().await?;
-            // Planned with the actual parameters each time (an unnamed statement): a cached generic plan
-            // sorts every row of a popular key instead of walking the index in order.
-            let statement: &str = &format!(
-                "SELECT c.* FROM unnest($1::text[]) AS s(service) CROSS JOIN LATERAL (
-                        SELECT {SPAN_COLUMNS} FROM spans
-                        WHERE spans.service = s.service AND start_ns >= $2 AND start_ns <= $3
-                          AND ($4::text IS NULL OR name = $4)
-                          AND duration_ns >= $5 AND duration_ns <= $6
-                        ORDER BY start_ns DESC LIMIT $7) c
-                     ORDER BY c.start_ns DESC LIMIT $7"
-            );
-            let rows = client
-                .query(
-                    statement,
-                    &[
-                        &services,
-                        &filter.start_min_ns,
-                        &upper,
-                        &operation,
-                        &filter.min_duration_ns.unwrap_or(0),
-                        &filter.max_duration_ns.unwrap_or(i64::MAX),
-                        &page_spans,
-                    ],
-                )
-                .await?;
-            let exhausted = (rows.len() as i64) < page_spans;
-            page_spans = page_spans.saturating_mul(2).min(budget.page_spans.max(1));
-            let candidates = self.decode_spans(&rows);
+            let min_duration = filter.min_duration_ns.unwrap_or(0);
+            let max_duration = filter.max_duration_ns.unwrap_or(i64::MAX);
+            let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
+                &filter.start_min_ns,
+                &filter.start_max_ns,
+                &lower_day,
+                &cursor.0,
+                &cursor.1,
+                &min_duration,
+                &max_duration,
+                &page,
+            ];
+            if let Some(services) = &services {
+                params.push(services);
+            }
+            for (h1, h2) in &probes {
+                params.push(h1);
+                params.push(h2);
+            }
+            let rows = client.query(statement.as_str(), &params).await?;
+            let exhausted = (rows.len() as i64) < page;
+            page = (page * 2).min(64);
+            let blocks: Vec<BlockRow> = rows.iter().map(BlockRow::from_row).collect();
+            if let Some(last) = blocks.last() {
+                cursor = (last.last_start_ns, last.block_id);
+            }
+            let mut candidates: HashMap<TraceId, Vec<StoredSpan>> = HashMap::new();
+            for block in &blocks {
+                result.inspected_bytes += block.spans.len() as u64;
+                self.decode_block_into(
+                    block,
+                    |trace| !examined.contains(trace),
+                    |entry| {
+                        let start = i64::try_from(entry.start_time_unix_nano).unwrap_or(i64::MAX);
+                        (filter.start_min_ns..=filter.start_max_ns).contains(&start)
+                            && operation
+                                .as_ref()
+                                .is_none_or(|operation| entry.name == *operation || entry.route == *operation)
+                    },
+                    // The operation was sanitized as stored names are, so the stored name (or the route
+                    // template the metrics use) is what it is compared with.
+                    |_, stored| {
+                        let duration = i64::try_from(stored.span.duration_nanos()).unwrap_or(i64::MAX);
+                        (min_duration..=max_duration).contains(&duration)
+                    },
+                    &mut candidates,
+                );
+            }
             let missing: Vec<i64> = candidates
-                .iter()
+                .values()
+                .flatten()
                 .map(|span| span.resource_id)
                 .filter(|id| !resources.contains_key(id))
                 .collect::<HashSet<_>>()
@@ -487,20 +709,24 @@ impl TraceReader {
                 .collect();
             resources.extend(self.load_resources(&client, &missing).await?);
             drop(client);
-
-            let lowest = candidates.iter().map(|span| span.span.start_time_unix_nano).min();
-            let mut matched = Vec::new();
-            for span in &candidates {
-                let trace_id = span.span.trace_id;
-                if !examined.contains(&trace_id) && span_matches(span, resources.get(&span.resource_id)) {
-                    examined.insert(trace_id);
-                    matched.push((trace_id, span.span.start_time_unix_nano as i64));
+            let mut matched: Vec<(i64, TraceId)> = Vec::new();
+            for (trace_id, spans) in &candidates {
+                result.inspected_traces += 1;
+                let newest = spans
+                    .iter()
+                    .filter(|span| span_matches(span, resources.get(&span.resource_id)))
+                    .map(|span| span.span.start_time_unix_nano as i64)
+                    .max();
+                if let Some(newest) = newest {
+                    matched.push((newest, *trace_id));
                 }
             }
-            for chunk in matched.chunks(limit.clamp(1, SEARCH_FETCH_TRACES)) {
-                let ids: Vec<TraceId> = chunk.iter().map(|(id, _)| *id).collect();
-                let lowest = chunk.iter().map(|(_, start)| *start).min().unwrap_or(i64::MIN);
-                let highest = chunk.iter().map(|(_, start)| *start).max().unwrap_or(i64::MAX);
+            examined.extend(matched.iter().map(|(_, id)| *id));
+            matched.sort_unstable_by(|a, b| b.cmp(a));
+            for chunk in matched.chunks(SEARCH_FETCH_TRACES) {
+                let ids: Vec<TraceId> = chunk.iter().map(|(_, id)| *id).collect();
+                let lowest = chunk.iter().map(|(start, _)| *start).min().unwrap_or(i64::MIN);
+                let highest = chunk.iter().map(|(start, _)| *start).max().unwrap_or(i64::MAX);
                 let range = TimeRange {
                     start: Some(lowest.saturating_sub(TRACE_SLACK_NS)),
                     end: Some(highest.saturating_add(TRACE_SLACK_NS)),
@@ -508,134 +734,49 @@ impl TraceReader {
                 for trace in self.get_traces(&ids, range).await? {
                     if trace_matches(&trace) {
                         found_spans += trace.spans.len();
-                        found.push(trace);
-                        if found.len() >= limit || found_spans >= self.max_spans_per_search {
-                            return Ok(found);
+                        result.traces.push(trace);
+                        if result.traces.len() >= limit {
+                            return Ok(result);
+                        }
+                        if found_spans >= self.max_spans_per_search {
+                            result.complete = false;
+                            return Ok(result);
                         }
                     }
                 }
             }
-            let Some(lowest) = lowest else { break };
-            if exhausted || started.elapsed() > budget.max_time {
-                break;
+            if exhausted {
+                return self
+                    .search_legacy(filter, limit, budget, span_matches, trace_matches, result)
+                    .await;
             }
-            // The next page starts below the oldest span of this one. Spans sharing that exact nanosecond
-            // with the page's last row may be skipped; their traces usually have other spans to find them by.
-            upper = lowest as i64 - 1;
         }
-        Ok(found)
+        result.complete = false;
+        Ok(result)
     }
 
-    /// Search by operation: candidate traces come newest first from `operation_index`, are fetched whole and
-    /// kept when one of their spans matches (which also rules out hash collisions).
-    async fn find_by_operation(
+    /// The rest of a search in the per-span tables of earlier versions, while they hold rows.
+    async fn search_legacy(
         &self,
-        services: &[String],
         filter: &SpanFilter,
         limit: usize,
         budget: SearchBudget,
         span_matches: impl Fn(&StoredSpan, Option<&StoredResource>) -> bool,
         trace_matches: impl Fn(&StoredTrace) -> bool,
-    ) -> Result<Vec<StoredTrace>, StorageError> {
-        let operation = sanitize_text(filter.operation.as_deref().unwrap_or_default()).into_owned();
-        let keys: Vec<i64> = services
-            .iter()
-            .map(|service| operation_key(service, &operation))
-            .collect();
-        let started = Instant::now();
-        let mut found = Vec::new();
-        let mut found_spans = 0usize;
-        let mut examined = HashSet::new();
-        let mut upper = filter.start_max_ns;
-        let mut page = (limit as i64).saturating_mul(2).clamp(1, budget.page_spans.max(1));
-        for _ in 0..budget.max_pages {
-            let client = self.pool.get().await?;
-            // Planned with the actual parameters each time (an unnamed statement): a cached generic plan
-            // sorts every row of a popular key instead of walking the index in order.
-            let statement: &str = "SELECT c.trace_id, c.start_ns FROM unnest($1::int8[]) AS k(key) CROSS JOIN LATERAL (
-                        SELECT trace_id, start_ns FROM operation_index
-                        WHERE operation_key = k.key AND start_ns >= $2 AND start_ns <= $3 AND max_duration_ns >= $5
-                        ORDER BY start_ns DESC LIMIT $4) c
-                     ORDER BY c.start_ns DESC LIMIT $4";
-            let min_duration = filter.min_duration_ns.unwrap_or(0);
-            let rows = client
-                .query(statement, &[&keys, &filter.start_min_ns, &upper, &page, &min_duration])
-                .await?;
-            drop(client);
-            let exhausted = (rows.len() as i64) < page;
-            page = page.saturating_mul(2).min(budget.page_spans.max(1));
-            let mut candidates = Vec::new();
-            let (mut lowest, mut highest) = (i64::MAX, i64::MIN);
-            for row in &rows {
-                let start: i64 = row.get(1);
-                lowest = lowest.min(start);
-                highest = highest.max(start);
-                let trace_id = match trace_id_from(row.get(0)) {
-                    Ok(trace_id) => trace_id,
-                    Err(error) => {
-                        self.skip_undecodable("operation index entry", row.try_get(0).ok(), None, &error);
-                        continue;
-                    }
-                };
-                if examined.insert(trace_id) {
-                    candidates.push(trace_id);
-                }
-            }
-            if !candidates.is_empty() {
-                // Verify on the candidates' spans of that operation first; fetch only matching traces whole.
-                let range_start = lowest.saturating_sub(TRACE_SLACK_NS);
-                let range_end = highest.saturating_add(TRACE_SLACK_NS);
-                let client = self.pool.get().await?;
-                // At most the per-trace limit of that operation's spans per trace, the first by start time, so a
-                // huge trace is never read whole.
-                let statement: &str = &format!(
-                    "SELECT c.* FROM unnest($1::bytea[]) AS t(id) CROSS JOIN LATERAL (
-                         SELECT {SPAN_COLUMNS} FROM spans
-                         WHERE trace_id = t.id AND start_ns >= $2 AND start_ns <= $3 AND name = $4
-                         ORDER BY start_ns LIMIT $5) c"
-                );
-                let ids: Vec<&[u8]> = candidates.iter().map(|id| id.0.as_slice()).collect();
-                let per_trace = self.spans_per_trace_query_limit();
-                let rows = client
-                    .query(statement, &[&ids, &range_start, &range_end, &operation, &per_trace])
-                    .await?;
-                let spans = self.decode_spans(&rows);
-                let resource_ids: Vec<i64> = spans
-                    .iter()
-                    .map(|span| span.resource_id)
-                    .collect::<HashSet<_>>()
-                    .into_iter()
-                    .collect();
-                let resources = self.load_resources(&client, &resource_ids).await?;
-                drop(client);
-                let matched: HashSet<TraceId> = spans
-                    .iter()
-                    .filter(|span| span_matches(span, resources.get(&span.resource_id)))
-                    .map(|span| span.span.trace_id)
-                    .collect();
-                let ordered: Vec<TraceId> = candidates.into_iter().filter(|id| matched.contains(id)).collect();
-                let range = TimeRange {
-                    start: Some(range_start),
-                    end: Some(range_end),
-                };
-                for chunk in ordered.chunks(SEARCH_FETCH_TRACES) {
-                    for trace in self.get_traces(chunk, range).await? {
-                        if trace_matches(&trace) {
-                            found_spans += trace.spans.len();
-                            found.push(trace);
-                            if found.len() >= limit || found_spans >= self.max_spans_per_search {
-                                return Ok(found);
-                            }
-                        }
-                    }
-                }
-            }
-            if exhausted || rows.is_empty() || started.elapsed() > budget.max_time {
-                break;
-            }
-            upper = lowest - 1;
+        mut result: SearchResult,
+    ) -> Result<SearchResult, StorageError> {
+        if !self.legacy_present().await? {
+            return Ok(result);
         }
-        Ok(found)
+        let seen: HashSet<TraceId> = result.traces.iter().map(|trace| trace.trace_id).collect();
+        let (traces, complete) = self
+            .legacy_find(filter, limit - result.traces.len(), budget, span_matches, |trace| {
+                !seen.contains(&trace.trace_id) && trace_matches(trace)
+            })
+            .await?;
+        result.complete &= complete;
+        result.traces.extend(traces);
+        Ok(result)
     }
 
     /// Service dependencies over `[end - lookback, end]`: parent/child span pairs whose services differ,
@@ -650,29 +791,6 @@ fn trace_id_from(bytes: &[u8]) -> Result<TraceId, StorageError> {
     <[u8; 16]>::try_from(bytes)
         .map(TraceId)
         .map_err(|_| StorageError::Corrupt("trace id is not 16 bytes".into()))
-}
-
-fn span_from_row(row: &Row) -> Result<StoredSpan, StorageError> {
-    let trace_id = trace_id_from(row.get(0))?;
-    let parent: Option<i64> = row.get(2);
-    let start: i64 = row.get(3);
-    let detail_bytes: &[u8] = row.get(10);
-    let detail = SpanDetail::decode(detail_bytes).map_err(|error| StorageError::Corrupt(error.to_string()))?;
-    Ok(StoredSpan {
-        span: Span {
-            trace_id,
-            span_id: SpanId::from_i64(row.get(1)),
-            parent_span_id: parent.map(SpanId::from_i64),
-            name: row.get(5),
-            kind: SpanKind::from_i32(i32::from(row.get::<_, i16>(6))),
-            start_time_unix_nano: start.max(0) as u64,
-            status_code: StatusCode::from_i32(i32::from(row.get::<_, i16>(7))),
-            detail,
-        },
-        service_name: row.get(4),
-        cluster: row.get(8),
-        resource_id: row.get(9),
-    })
 }
 
 fn hex(bytes: &[u8]) -> String {

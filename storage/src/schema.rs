@@ -35,6 +35,16 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "out_of_window_days",
         sql: include_str!("../migrations/0004_out_of_window_days.sql"),
     },
+    Migration {
+        version: 5,
+        name: "span_blocks",
+        sql: include_str!("../migrations/0005_span_blocks.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "sql_access",
+        sql: include_str!("../migrations/0006_sql_access.sql"),
+    },
 ];
 
 /// The schema version this binary needs.

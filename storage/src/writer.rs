@@ -9,7 +9,8 @@ use bytes::Bytes;
 use deadpool_postgres::Pool;
 use futures_util::SinkExt;
 
-use crate::copy::{copy_header, copy_trailer, COPY_OPERATION_INDEX, COPY_SPANS};
+use crate::block::{COPY_SPAN_BLOCKS, COPY_TRACE_INDEX};
+use crate::copy::{copy_header, copy_trailer};
 use crate::StorageError;
 
 /// A resource row to insert (once per resource and day) before the spans that reference it.
@@ -32,16 +33,18 @@ pub struct OperationRow {
     pub day: i32,
 }
 
-/// The spans of one request, already encoded as binary COPY rows.
+/// The spans of one request, laid out in blocks ([`crate::block::BlockBuilder`]) and encoded as binary COPY
+/// rows of the current [`crate::copy::ROW_FORMAT`].
 #[derive(Clone, Debug, Default)]
 pub struct EncodedSpans {
+    /// `span_blocks` rows.
     pub rows: Bytes,
     pub span_count: usize,
     pub resources: Vec<ResourceRow>,
     /// Operations the collector has not recorded yet today.
     pub operations: Vec<OperationRow>,
-    /// `operation_index` rows, binary COPY encoded: one per (trace, operation) of the request.
-    pub operation_index: Bytes,
+    /// `trace_index` rows: one per (trace, block) of the request.
+    pub trace_index: Bytes,
 }
 
 /// How long after its own deadline a write waits for a server that answers nothing before closing the
@@ -121,7 +124,7 @@ impl SpanWriter {
         for client in &clients {
             let warmed = client
                 .batch_execute(
-                    "EXPLAIN SELECT * FROM spans; EXPLAIN SELECT * FROM operation_index; \
+                    "EXPLAIN SELECT * FROM span_blocks; EXPLAIN SELECT * FROM trace_index; \
                      EXPLAIN SELECT * FROM resources; EXPLAIN SELECT * FROM operations",
                 )
                 .await;
@@ -157,7 +160,7 @@ impl SpanWriter {
     }
 }
 
-/// One transaction: resources, operations, the spans' COPY, the operation index's COPY, COMMIT; every
+/// One transaction: resources, operations, the blocks' COPY, the trace index's COPY, COMMIT; every
 /// statement bounded by `time` in PostgreSQL.
 async fn write_on(
     client: &mut deadpool_postgres::Client,
@@ -209,7 +212,7 @@ async fn write_on(
             )
             .await?;
     }
-    let sink = transaction.copy_in(COPY_SPANS).await?;
+    let sink = transaction.copy_in(COPY_SPAN_BLOCKS).await?;
     futures_util::pin_mut!(sink);
     sink.feed(copy_header()).await?;
     for part in parts.iter().filter(|part| !part.rows.is_empty()) {
@@ -217,12 +220,12 @@ async fn write_on(
     }
     sink.feed(copy_trailer()).await?;
     sink.as_mut().finish().await?;
-    if parts.iter().any(|part| !part.operation_index.is_empty()) {
-        let sink = transaction.copy_in(COPY_OPERATION_INDEX).await?;
+    if parts.iter().any(|part| !part.trace_index.is_empty()) {
+        let sink = transaction.copy_in(COPY_TRACE_INDEX).await?;
         futures_util::pin_mut!(sink);
         sink.feed(copy_header()).await?;
-        for part in parts.iter().filter(|part| !part.operation_index.is_empty()) {
-            sink.feed(part.operation_index.clone()).await?;
+        for part in parts.iter().filter(|part| !part.trace_index.is_empty()) {
+            sink.feed(part.trace_index.clone()).await?;
         }
         sink.feed(copy_trailer()).await?;
         sink.as_mut().finish().await?;

@@ -326,7 +326,7 @@ async fn exports_to_a_locked_table_are_refused_in_time_and_never_committed_later
     // Only the last export is stored: nothing refused was committed behind its client's back.
     let client = database.client().await;
     let services: Vec<String> = client
-        .query("SELECT DISTINCT service FROM spans", &[])
+        .query("SELECT DISTINCT service FROM span_blocks", &[])
         .await
         .expect("query")
         .iter()
@@ -478,7 +478,7 @@ async fn a_service_name_longer_than_its_column_is_found_by_its_full_name() {
     let stored: i32 = database
         .client()
         .await
-        .query_one("SELECT octet_length(service) FROM spans", &[])
+        .query_one("SELECT octet_length(service) FROM span_blocks", &[])
         .await
         .expect("query")
         .get(0);

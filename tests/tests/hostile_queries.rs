@@ -433,10 +433,10 @@ async fn searching_for_a_service_name_with_a_nul_byte_finds_its_traces() {
     app.wait().await.expect("clean shutdown");
 }
 
-/// One stored span whose `detail` cannot be decoded, beside valid spans of its trace, used to turn every trace
-/// lookup and search touching it into a 500. Now the bad row is left out and counted, and the trace and the
-/// searches answer with the valid spans; a resource whose body cannot be decoded likewise leaves its spans
-/// without resource attributes.
+/// One stored block that cannot be decoded, beside a valid block of the same trace and service, must not turn
+/// the trace lookup and searches touching it into a 500: the bad block is left out and counted, and the trace
+/// and the searches answer with the valid spans; a resource whose body cannot be decoded likewise leaves its
+/// spans without resource attributes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_stored_row_is_left_out_and_the_trace_and_searches_still_answer() {
     let database = TestDatabase::create("corrupt_row").await;
@@ -447,15 +447,19 @@ async fn a_corrupt_stored_row_is_left_out_and_the_trace_and_searches_still_answe
     let client = database.client().await;
     let inserted = client
         .execute(
-            "INSERT INTO spans (trace_id, span_id, parent_span_id, start_ns, duration_ns, service, name, kind,
-                                status, cluster, resource_id, detail)
-             SELECT trace_id, 999, NULL, start_ns + 1, duration_ns, service, name, kind, status, cluster,
-                    resource_id, '\\xffffffff'::bytea
-             FROM spans WHERE trace_id = $1 LIMIT 1",
+            "WITH block AS (
+                 INSERT INTO span_blocks (block_id, start_ns, last_start_ns, service, cluster, span_count,
+                                          min_duration_ns, max_duration_ns, bloom, spans)
+                 SELECT 999, start_ns, last_start_ns + 1, service, cluster, 1, min_duration_ns, max_duration_ns,
+                        bloom, '\\xffffffff'::bytea
+                 FROM span_blocks WHERE service = 'poisoned' LIMIT 1
+                 RETURNING start_ns)
+             INSERT INTO trace_index (trace_id, start_ns, block_id, span_count)
+             SELECT encode($1::bytea, 'hex')::uuid, start_ns, 999, 1 FROM block",
             &[&vec![0x6c_u8; 16]],
         )
         .await
-        .expect("insert a corrupt span");
+        .expect("insert a corrupt block");
     assert_eq!(inserted, 1);
     let corrupted = client
         .execute(

@@ -211,7 +211,7 @@ async fn linkerd_proxy_spans_of_both_generations_are_stored_with_their_cluster()
     let client = database.client().await;
     let rows = client
         .query(
-            "SELECT service, coalesce(cluster, ''), count(*) FROM spans GROUP BY 1, 2 ORDER BY 1, 2",
+            "SELECT service, coalesce(cluster, ''), sum(span_count)::int8 FROM span_blocks GROUP BY 1, 2 ORDER BY 1, 2",
             &[],
         )
         .await
@@ -230,7 +230,7 @@ async fn linkerd_proxy_spans_of_both_generations_are_stored_with_their_cluster()
     );
     // Stored with status ERROR (the proxies sent UNSET and a 503), the origin named in the status message.
     let errors: i64 = client
-        .query_one("SELECT count(*) FROM spans WHERE status = 2", &[])
+        .query_one("SELECT count(*) FROM tracepost_spans WHERE status_code = 'error'", &[])
         .await
         .expect("query")
         .get(0);

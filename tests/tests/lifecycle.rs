@@ -140,11 +140,11 @@ async fn spans_outside_the_partitions_are_kept_and_moved_when_their_day_gets_one
     let future = now + 20 * NANOS_PER_DAY;
     let mut grpc = TraceServiceClient::connect(grpc_endpoint(&app)).await.expect("connect");
     grpc.export(request_at(future, 3)).await.expect("accepted");
-    let where_stored = "SELECT tableoid::regclass::text, count(*) FROM spans GROUP BY 1";
+    let where_stored = "SELECT tableoid::regclass::text, sum(span_count)::int8 FROM span_blocks GROUP BY 1";
     let rows = client.query(where_stored, &[]).await.expect("rows");
     assert_eq!(
         (rows[0].get::<_, String>(0), rows[0].get::<_, i64>(1)),
-        ("spans_default".into(), 3)
+        ("span_blocks_default".into(), 3)
     );
 
     // Twenty days later, maintenance creates that day's partition and moves the spans into it...

@@ -38,7 +38,7 @@ async fn the_query_role_answers_every_api_through_a_select_only_role() {
     let read_only_url = with_role(&database.url, &role);
     let check = connect(&read_only_url).await;
     let refused = check
-        .batch_execute("DELETE FROM spans")
+        .batch_execute("DELETE FROM span_blocks")
         .await
         .expect_err("no write access");
     assert_eq!(

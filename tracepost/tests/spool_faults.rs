@@ -267,7 +267,8 @@ async fn stored(client: &tokio_postgres::Client, traces: &[[u8; 16]]) -> HashMap
     let ids: Vec<&[u8]> = traces.iter().map(|trace| &trace[..]).collect();
     client
         .query(
-            "SELECT trace_id, count(DISTINCT span_id) FROM spans WHERE trace_id = ANY($1) GROUP BY trace_id",
+            "SELECT decode(trace_id, 'hex'), count(DISTINCT span_id) FROM tracepost_spans
+             WHERE trace_id = ANY(SELECT encode(id, 'hex') FROM unnest($1::bytea[]) AS t(id)) GROUP BY 1",
             &[&ids],
         )
         .await

@@ -110,7 +110,7 @@ pub fn payload_intact(frame: Frame, payload: &[u8]) -> bool {
 /// One request's spans in the spool.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct SpoolRecord {
-    /// The layout of `rows` and `operation_index` ([`tracepost_storage::copy::ROW_FORMAT`]).
+    /// The layout of `rows` and `index` ([`tracepost_storage::copy::ROW_FORMAT`]).
     #[prost(uint32, tag = "1")]
     pub row_format: u32,
     /// When the record was appended (Unix nanoseconds): how old the oldest unsent span is.
@@ -118,12 +118,13 @@ pub struct SpoolRecord {
     pub appended_unix_nanos: i64,
     #[prost(uint64, tag = "3")]
     pub span_count: u64,
-    /// `spans` rows, binary COPY encoded.
+    /// Span rows, binary COPY encoded: `span_blocks` rows (format 2), `spans` rows (format 1).
     #[prost(bytes = "bytes", tag = "4")]
     pub rows: Bytes,
-    /// `operation_index` rows, binary COPY encoded.
+    /// Index rows, binary COPY encoded: `trace_index` rows (format 2), `operation_index` rows (format 1, not
+    /// needed to rewrite its spans).
     #[prost(bytes = "bytes", tag = "5")]
-    pub operation_index: Bytes,
+    pub index: Bytes,
     #[prost(message, repeated, tag = "6")]
     pub resources: Vec<SpoolResource>,
     #[prost(message, repeated, tag = "7")]
@@ -165,7 +166,7 @@ pub fn encode_record(spans: &EncodedSpans, appended_unix_nanos: i64) -> BytesMut
         appended_unix_nanos,
         span_count: spans.span_count as u64,
         rows: spans.rows.clone(),
-        operation_index: spans.operation_index.clone(),
+        index: spans.trace_index.clone(),
         resources: spans
             .resources
             .iter()
@@ -201,28 +202,38 @@ pub enum RecordError {
     Decode(String),
     #[error("rows in layout {0}, which this version cannot write (it writes {current})", current = tracepost_storage::copy::ROW_FORMAT)]
     RowFormat(u32),
+    #[error("{0}")]
+    Upgrade(String),
 }
 
 /// Decodes an intact payload into the spans to write and the time it was appended.
 pub fn decode_record(payload: Bytes) -> Result<(EncodedSpans, i64), RecordError> {
     let record = SpoolRecord::decode(payload).map_err(|error| RecordError::Decode(error.to_string()))?;
-    if record.row_format != tracepost_storage::copy::ROW_FORMAT {
-        return Err(RecordError::RowFormat(record.row_format));
-    }
+    let resources: Vec<ResourceRow> = record
+        .resources
+        .into_iter()
+        .map(|row| ResourceRow {
+            id: row.id,
+            day: row.day,
+            service: row.service,
+            cluster: row.cluster,
+            body: row.body,
+        })
+        .collect();
+    let (rows, trace_index) = match record.row_format {
+        tracepost_storage::copy::ROW_FORMAT => (record.rows, record.index),
+        // Written before the block layout: its span rows are rewritten as blocks.
+        tracepost_storage::copy::LEGACY_ROW_FORMAT => {
+            tracepost_storage::block::upgrade_rows(record.row_format, &record.rows, &resources)
+                .map_err(|error| RecordError::Upgrade(error.to_string()))?
+        }
+        other => return Err(RecordError::RowFormat(other)),
+    };
     let spans = EncodedSpans {
-        rows: record.rows,
+        rows,
+        trace_index,
         span_count: usize::try_from(record.span_count).unwrap_or(usize::MAX),
-        resources: record
-            .resources
-            .into_iter()
-            .map(|row| ResourceRow {
-                id: row.id,
-                day: row.day,
-                service: row.service,
-                cluster: row.cluster,
-                body: row.body,
-            })
-            .collect(),
+        resources,
         operations: record
             .operations
             .into_iter()
@@ -233,7 +244,6 @@ pub fn decode_record(payload: Bytes) -> Result<(EncodedSpans, i64), RecordError>
                 day: row.day,
             })
             .collect(),
-        operation_index: record.operation_index,
     };
     Ok((spans, record.appended_unix_nanos))
 }
@@ -286,7 +296,7 @@ mod tests {
                 kind: 2,
                 day: 20_000,
             }],
-            operation_index: Bytes::from_static(b"index rows"),
+            trace_index: Bytes::from_static(b"index rows"),
         }
     }
 
@@ -308,7 +318,7 @@ mod tests {
         assert_eq!(appended, 1_234);
         assert_eq!(decoded.rows, original.rows);
         assert_eq!(decoded.span_count, 3);
-        assert_eq!(decoded.operation_index, original.operation_index);
+        assert_eq!(decoded.trace_index, original.trace_index);
         assert_eq!(decoded.resources[0].id, -42);
         assert_eq!(decoded.resources[0].cluster.as_deref(), Some("apps"));
         assert_eq!(decoded.operations, original.operations);
@@ -392,12 +402,64 @@ mod tests {
             end < segment.len() as u64,
             "the torn third record is not part of the valid part"
         );
-        let (first, appended) = decode_record(records[0].clone()).expect("first record");
-        assert_eq!(appended, 1_795_300_000_000_000_000);
+        // The encoder that wrote this segment put placeholder bytes where COPY rows go: the records' fields read
+        // back, and their rows are refused with a clear error instead of being written.
+        let first = SpoolRecord::decode(records[0].clone()).expect("first record");
+        assert_eq!(first.row_format, tracepost_storage::copy::LEGACY_ROW_FORMAT);
+        assert_eq!(first.appended_unix_nanos, 1_795_300_000_000_000_000);
         assert_eq!(first.span_count, 4);
         assert_eq!(first.resources[0].service, "web");
-        let (second, _) = decode_record(records[1].clone()).expect("second record");
+        let second = SpoolRecord::decode(records[1].clone()).expect("second record");
         assert_eq!(second.span_count, 1);
         assert_eq!(second.operations[0].name, "GET /");
+        assert!(matches!(
+            decode_record(records[0].clone()),
+            Err(RecordError::Upgrade(_))
+        ));
+    }
+
+    /// A record of per-span rows (layout 1, before span blocks) left in a spool by an earlier version is
+    /// rewritten as blocks when it is drained: nothing it holds is lost to the upgrade.
+    #[test]
+    fn a_record_of_per_span_rows_from_an_earlier_version_drains_as_blocks() {
+        use tracepost_storage::model::{Span, SpanDetail, SpanId, SpanKind, StatusCode, TraceId};
+        let mut rows = bytes::BytesMut::new();
+        for id in 1..=3u8 {
+            let span = Span {
+                trace_id: TraceId([7; 16]),
+                span_id: SpanId([id; 8]),
+                parent_span_id: None,
+                name: "GET /users".into(),
+                kind: SpanKind::Server,
+                start_time_unix_nano: 1_795_300_000_000_000_000 + u64::from(id),
+                status_code: StatusCode::Unset,
+                detail: SpanDetail {
+                    end_time_unix_nano: 1_795_300_000_000_000_100,
+                    ..Default::default()
+                },
+            };
+            let context = tracepost_storage::copy::RowContext {
+                service: "web",
+                cluster: Some("apps"),
+                resource_id: 11,
+            };
+            tracepost_storage::copy::encode_span_row(&mut rows, context, &span);
+        }
+        let record = SpoolRecord {
+            row_format: tracepost_storage::copy::LEGACY_ROW_FORMAT,
+            appended_unix_nanos: 5,
+            span_count: 3,
+            rows: rows.freeze(),
+            index: Bytes::from_static(b"operation index rows, not needed"),
+            resources: Vec::new(),
+            operations: Vec::new(),
+        };
+        let (spans, appended) = decode_record(Bytes::from(record.encode_to_vec())).expect("upgraded");
+        assert_eq!((spans.span_count, appended), (3, 5));
+        let blocks = tracepost_storage::block::decode_block_rows(&spans.rows).expect("blocks");
+        assert_eq!(blocks.len(), 1);
+        let ids: Vec<u8> = blocks[0].spans.iter().map(|span| span.span_id[0]).collect();
+        assert_eq!(ids, [1, 2, 3]);
+        assert!(!spans.trace_index.is_empty());
     }
 }

@@ -325,6 +325,22 @@ pub(crate) enum AttributeValue {
 pub(crate) struct SearchMetrics {
     #[serde(skip_serializing_if = "is_zero")]
     pub(crate) inspected_traces: u32,
+    /// A uint64, so a string in jsonpb.
+    #[serde(skip_serializing_if = "is_zero_u64", serialize_with = "as_string")]
+    pub(crate) inspected_bytes: u64,
+    /// Present only when the search stopped at its budget: then 0 of 1, so clients see it incomplete.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) completed_jobs: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) total_jobs: Option<u32>,
+}
+
+fn is_zero_u64(value: &u64) -> bool {
+    *value == 0
+}
+
+fn as_string<S: serde::Serializer>(value: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
 }
 
 fn is_zero(value: &u32) -> bool {

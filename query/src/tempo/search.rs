@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use tracepost_storage::model::{self, SpanId, StoredResource, StoredSpan};
-use tracepost_storage::{SpanFilter, StoredTrace};
+use tracepost_storage::{SearchResult, SpanFilter, StoredTrace};
 
 use super::format::{
     Attribute, AttributeValue, SearchMetrics, SearchResponse, SearchSpan, SpanSet, TraceSearchMetadata,
@@ -226,6 +226,7 @@ pub(crate) fn span_filter(query: &Query, known: Option<&[String]>, start_ns: i64
         max_duration_ns,
         start_min_ns: start_ns,
         start_max_ns: end_ns,
+        required_items: query.required_items(),
     }
 }
 
@@ -234,20 +235,20 @@ pub(crate) fn needs_service_list(query: &Query) -> bool {
     query.exact_services().is_none() && query.constrains_service()
 }
 
-/// The search response for the traces found (newest first), `inspected` being how many were read whole.
-pub(crate) fn response(
-    traces: &[StoredTrace],
-    query: &Query,
-    spans_per_span_set: usize,
-    inspected: u32,
-) -> SearchResponse {
+/// The search response for what a search found (traces newest first). An incomplete search (stopped at its
+/// budget) says so the way Tempo's own frontend does: `completedJobs` below `totalJobs`.
+pub(crate) fn response(found: &SearchResult, query: &Query, spans_per_span_set: usize) -> SearchResponse {
     SearchResponse {
-        traces: traces
+        traces: found
+            .traces
             .iter()
             .map(|trace| trace_metadata(trace, query, spans_per_span_set))
             .collect(),
         metrics: SearchMetrics {
-            inspected_traces: inspected,
+            inspected_traces: u32::try_from(found.inspected_traces).unwrap_or(u32::MAX),
+            inspected_bytes: found.inspected_bytes,
+            completed_jobs: (!found.complete).then_some(0),
+            total_jobs: (!found.complete).then_some(1),
         },
     }
 }
@@ -396,6 +397,7 @@ mod tests {
                 max_duration_ns: None,
                 start_min_ns: 1_754_038_800_000_000_000,
                 start_max_ns: 1_754_042_400_000_000_000,
+                required_items: Vec::new(),
             }
         );
     }
@@ -551,6 +553,28 @@ mod tests {
     }
 
     /// The search response form, checked field by field against Tempo's `SearchResponse` (safe field set).
+    fn found(traces: Vec<StoredTrace>, inspected_traces: u64) -> SearchResult {
+        SearchResult {
+            traces,
+            complete: true,
+            inspected_traces,
+            inspected_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn an_incomplete_search_says_so_in_its_metrics() {
+        let query = Query::parse("{}").expect("valid");
+        let mut result = found(Vec::new(), 40);
+        result.complete = false;
+        result.inspected_bytes = 12_345;
+        let rendered = serde_json::to_value(response(&result, &query, 3)).expect("serializable");
+        assert_eq!(
+            rendered["metrics"],
+            json!({"inspectedTraces": 40, "inspectedBytes": "12345", "completedJobs": 0, "totalJobs": 1})
+        );
+    }
+
     #[test]
     fn renders_a_search_response_exactly_as_the_golden_file() {
         let trace = fixtures::trace();
@@ -559,7 +583,7 @@ mod tests {
             r#"{ resource.service.name = "cart" && status = error && (span.http.response.status_code >= 500 || kind = producer) }"#,
         )
         .expect("valid");
-        let rendered = serde_json::to_value(response(&[trace], &query, 1, 3)).expect("serializable");
+        let rendered = serde_json::to_value(response(&found(vec![trace], 3), &query, 1)).expect("serializable");
         let golden: serde_json::Value =
             serde_json::from_str(include_str!("../testdata/tempo_search.json")).expect("golden file is JSON");
         assert_eq!(rendered, golden, "rendered:\n{rendered:#}");
@@ -570,7 +594,7 @@ mod tests {
         let mut trace = fixtures::trace();
         trace.spans.remove(0);
         let query = Query::parse(r#"{ name = "compute" }"#).expect("valid");
-        let rendered = serde_json::to_value(response(&[trace], &query, 3, 0)).expect("serializable");
+        let rendered = serde_json::to_value(response(&found(vec![trace], 0), &query, 3)).expect("serializable");
         assert_eq!(
             rendered,
             json!({
@@ -592,7 +616,7 @@ mod tests {
                 "metrics": {}
             })
         );
-        let empty = serde_json::to_value(response(&[], &query, 3, 0)).expect("serializable");
+        let empty = serde_json::to_value(response(&found(Vec::new(), 0), &query, 3)).expect("serializable");
         assert_eq!(empty, json!({"traces": [], "metrics": {}}));
     }
 }

@@ -59,6 +59,32 @@ impl Query {
         })
     }
 
+    /// The bloom filter items every matching span carries ([`tracepost_storage::SpanFilter::required_items`]):
+    /// one per top-level `attribute = "text"` (span, resource or unscoped; the comparison is on the value's
+    /// string form, which is what the items hash). Numeric, boolean and pattern comparisons, negations and
+    /// alternatives give none, nor does `resource.service.name` (the service tracepost derived, a column).
+    pub(crate) fn required_items(&self) -> Vec<u64> {
+        self.conjuncts()
+            .iter()
+            .filter_map(|term| {
+                let Expr::Compare(Comparison {
+                    field,
+                    op: Op::Eq,
+                    operand: Operand::Str(text),
+                }) = term
+                else {
+                    return None;
+                };
+                let key = match field {
+                    Field::Span(key) => key,
+                    Field::Resource(key) | Field::Unscoped(key) if key != SERVICE_NAME => key,
+                    _ => return None,
+                };
+                Some(tracepost_storage::block::attribute_item(key, text))
+            })
+            .collect()
+    }
+
     /// Inclusive bounds on the duration of every matching span, in nanoseconds, from top-level comparisons.
     pub(crate) fn span_duration_bounds(&self) -> (Option<i64>, Option<i64>) {
         let mut min: Option<i64> = None;

@@ -92,11 +92,11 @@ impl TestDatabase {
         connect(&self.url).await
     }
 
-    /// Rows in the spans table (all partitions).
+    /// Spans stored in blocks (all partitions), each stored copy counted.
     pub async fn span_rows(&self) -> i64 {
         self.client()
             .await
-            .query_one("SELECT count(*) FROM spans", &[])
+            .query_one("SELECT coalesce(sum(span_count), 0)::int8 FROM span_blocks", &[])
             .await
             .expect("count spans")
             .get(0)
