@@ -187,6 +187,7 @@ pub fn convert_request_within(
         ..Converted::default()
     };
     let mut blocks = BlockBuilder::new();
+    let mut route = String::new();
     let mut resource_days = HashSet::new();
     let mut operations = RequestOperations::default();
     let mut resource_bytes = 0usize;
@@ -267,7 +268,18 @@ pub fn convert_request_within(
                     &mut converted.encoded.resources,
                 );
                 operations.observe(&config.catalog, &info.service, &span.name, span.kind as i16, day);
-                blocks.push_span(info.context(), &span, None);
+                let route = config
+                    .span_metrics
+                    .as_ref()
+                    .and_then(|span_metrics| {
+                        route.clear();
+                        span_metrics
+                            .routes()
+                            .template_into(&span.name, &mut route)
+                            .then_some(())
+                    })
+                    .map(|()| route.as_str());
+                blocks.push_span(info.context(), &span, route);
                 converted.encoded.span_count += 1;
                 if !allowance
                     .admit(blocks.held_bytes() + converted.encoded.span_count * PER_SPAN_BYTES + resource_bytes)

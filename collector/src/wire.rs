@@ -314,6 +314,7 @@ pub fn convert_protobuf_within(
         blocks: BlockBuilder::new(),
         resource_days: HashSet::new(),
         detail: Vec::with_capacity(1024),
+        route: String::new(),
         operations: RequestOperations::default(),
         config,
     };
@@ -342,6 +343,8 @@ struct State<'c, 'a> {
     resource_days: HashSet<(i64, i32)>,
     /// Scratch buffer for one span's `detail`.
     detail: Vec<u8>,
+    /// Scratch buffer for one span's route template.
+    route: String,
     operations: RequestOperations,
     config: &'c ConvertConfig,
 }
@@ -608,7 +611,19 @@ impl State<'_, '_> {
         );
         self.operations
             .observe(&self.config.catalog, &info.service, &safe_name, row.kind as i16, day);
-        self.blocks.push(info.context(), &row, &self.detail, None);
+        // The route template the metrics name the span by, so a search by that name (Jaeger's Monitor tab)
+        // finds it.
+        let route = match &self.config.span_metrics {
+            Some(span_metrics) => {
+                self.route.clear();
+                span_metrics
+                    .routes()
+                    .template_into(&safe_name, &mut self.route)
+                    .then_some(self.route.as_str())
+            }
+            None => None,
+        };
+        self.blocks.push(info.context(), &row, &self.detail, route);
         self.converted.encoded.span_count += 1;
         self.admit()
     }

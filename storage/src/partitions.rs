@@ -18,7 +18,8 @@ pub struct MaintenanceReport {
     pub ran: bool,
     pub created: Vec<String>,
     pub dropped: Vec<String>,
-    /// Rows deleted from the default partition because they are older than the retention.
+    /// Blocks (rows of `span_blocks_default`, each holding one or more spans) deleted from the default partition
+    /// because they are older than the retention.
     pub expired_default_rows: u64,
     /// Partitions analyzed (new, or changed much since their last statistics).
     pub analyzed: Vec<String>,

@@ -289,7 +289,7 @@ async fn exports_to_a_locked_table_are_refused_in_time_and_never_committed_later
 
     let mut blocker = database.client().await;
     let lock = blocker.transaction().await.expect("begin");
-    lock.batch_execute("LOCK TABLE spans IN ACCESS EXCLUSIVE MODE")
+    lock.batch_execute("LOCK TABLE span_blocks IN ACCESS EXCLUSIVE MODE")
         .await
         .expect("lock");
 

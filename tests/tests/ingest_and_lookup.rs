@@ -192,20 +192,24 @@ async fn the_v3_api_returns_the_trace_as_otlp_json() {
     app.stop().await.expect("clean shutdown");
 }
 
+/// The trace ID of the Linkerd fixtures, and the one the 2.17 fixture is sent with.
+const LINKERD_TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const LINKERD_2_17_TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4717";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn linkerd_proxy_spans_of_both_generations_are_stored_with_their_cluster() {
     let database = TestDatabase::create("linkerd").await;
     let mut config = config(&database);
     config.cluster_name = Some("infra".into());
     let app = tracepost::start(tracepost::Role::Serve, config).await.expect("start");
+    // The two fixtures are the same hop (same trace and span IDs): the 2.17 one is sent as a trace of its own,
+    // so each generation's spans can be looked at (a lookup keeps one copy of a span ID).
     for generation in ["2.19", "2.17"] {
-        let (status, _, body) = post_otlp(
-            &http_endpoint(&app),
-            "application/json",
-            None,
-            linkerd_fixture(generation).into_bytes(),
-        )
-        .await;
+        let fixture = match generation {
+            "2.17" => linkerd_fixture(generation).replace(LINKERD_TRACE_ID, LINKERD_2_17_TRACE_ID),
+            _ => linkerd_fixture(generation),
+        };
+        let (status, _, body) = post_otlp(&http_endpoint(&app), "application/json", None, fixture.into_bytes()).await;
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     }
     let client = database.client().await;
@@ -266,7 +270,9 @@ async fn linkerd_proxy_spans_of_both_generations_are_stored_with_their_cluster()
         );
     }
     // What was derived is visible in the process tags, next to the originals.
-    let processes = body["data"][0]["processes"].as_object().expect("processes");
+    let (status, body_2_17) = get_json(&query_url(&app, &format!("/api/traces/{LINKERD_2_17_TRACE_ID}"))).await;
+    assert_eq!(status, 200);
+    let processes = body_2_17["data"][0]["processes"].as_object().expect("processes");
     let derived_core = processes
         .values()
         .find(|process| {
@@ -291,14 +297,21 @@ async fn linkerd_proxy_spans_of_both_generations_are_stored_with_their_cluster()
     );
     assert_eq!(process_tag("k8s.namespace.name"), Some(json!("harbor")));
     assert!(process_tag("host.name").is_some(), "the original host.name stays");
-    // Jaeger search for error=true finds the hop.
+    // Jaeger search for error=true finds the hop, in both generations.
     let (status, found) = get_json(&query_url(
         &app,
         r#"/api/traces?service=harbor-core&tags=%7B%22error%22%3A%22true%22%7D&start=1795296400000000&end=1795303600000000"#,
     ))
     .await;
     assert_eq!(status, 200, "{found}");
-    assert_eq!(found["data"][0]["traceID"], trace_id, "{found}");
+    let mut found_ids: Vec<&str> = found["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|trace| trace["traceID"].as_str().expect("traceID"))
+        .collect();
+    found_ids.sort_unstable();
+    assert_eq!(found_ids, vec![LINKERD_2_17_TRACE_ID, trace_id], "{found}");
     app.stop().await.expect("clean shutdown");
 }
 

@@ -37,7 +37,7 @@ async fn partitions(client: &tokio_postgres::Client) -> Vec<String> {
     let rows = client
         .query(
             "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-             WHERE i.inhparent = 'spans'::regclass ORDER BY 1",
+             WHERE i.inhparent = 'span_blocks'::regclass ORDER BY 1",
             &[],
         )
         .await
@@ -202,7 +202,7 @@ async fn spans_dated_far_in_the_future_are_removed_after_the_retention_too() {
     assert_eq!(database.span_rows().await, 3);
     let seen: i64 = client
         .query_one(
-            "SELECT count(*) FROM out_of_window_days WHERE table_name = 'spans'",
+            "SELECT count(*) FROM out_of_window_days WHERE table_name = 'span_blocks'",
             &[],
         )
         .await
@@ -214,7 +214,10 @@ async fn spans_dated_far_in_the_future_are_removed_after_the_retention_too() {
     let report = tracepost_storage::partitions::maintain(&pool, later, 2, retention)
         .await
         .expect("maintenance");
-    assert_eq!(report.expired_default_rows, 3, "{report:?}");
+    assert_eq!(
+        report.expired_default_rows, 2,
+        "two blocks of 2 and 1 spans: {report:?}"
+    );
     assert_eq!(database.span_rows().await, 0);
     app.stop().await.expect("clean shutdown");
 }
@@ -225,7 +228,7 @@ async fn shutdown_finishes_requests_in_flight_before_exiting() {
     let app = serve(&database).await;
     let mut blocker = database.client().await;
     let lock = blocker.transaction().await.expect("begin");
-    lock.batch_execute("LOCK TABLE spans IN ACCESS EXCLUSIVE MODE")
+    lock.batch_execute("LOCK TABLE span_blocks IN ACCESS EXCLUSIVE MODE")
         .await
         .expect("lock");
 
@@ -255,7 +258,7 @@ async fn shutdown_with_the_database_stuck_reports_uncommitted_spans() {
     let app = tracepost::start(Role::Serve, config).await.expect("start");
     let mut blocker = database.client().await;
     let lock = blocker.transaction().await.expect("begin");
-    lock.batch_execute("LOCK TABLE spans IN ACCESS EXCLUSIVE MODE")
+    lock.batch_execute("LOCK TABLE span_blocks IN ACCESS EXCLUSIVE MODE")
         .await
         .expect("lock");
 

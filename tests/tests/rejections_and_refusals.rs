@@ -398,7 +398,7 @@ async fn overload_is_refused_with_retryable_errors_and_nothing_is_lost() {
     // Hold the spans table so the first request's batch cannot commit and its bytes stay in flight.
     let mut blocker = database.client().await;
     let lock = blocker.transaction().await.expect("begin");
-    lock.batch_execute("LOCK TABLE spans IN ACCESS EXCLUSIVE MODE")
+    lock.batch_execute("LOCK TABLE span_blocks IN ACCESS EXCLUSIVE MODE")
         .await
         .expect("lock");
 

@@ -267,8 +267,12 @@ async fn stored(client: &tokio_postgres::Client, traces: &[[u8; 16]]) -> HashMap
     let ids: Vec<&[u8]> = traces.iter().map(|trace| &trace[..]).collect();
     client
         .query(
-            "SELECT decode(trace_id, 'hex'), count(DISTINCT span_id) FROM tracepost_spans
-             WHERE trace_id = ANY(SELECT encode(id, 'hex') FROM unnest($1::bytea[]) AS t(id)) GROUP BY 1",
+            "SELECT s.trace_id, count(DISTINCT s.span_id)
+             FROM span_blocks b CROSS JOIN LATERAL tracepost_block_spans(b.spans) s
+             WHERE b.block_id IN (SELECT block_id FROM trace_index
+                                  WHERE trace_id IN (SELECT encode(id, 'hex')::uuid FROM unnest($1::bytea[]) AS t(id)))
+               AND s.trace_id = ANY($1)
+             GROUP BY 1",
             &[&ids],
         )
         .await
@@ -524,7 +528,7 @@ async fn a_hung_database_is_absorbed_by_the_spool_until_it_is_full() {
     let idle_kb = tracepost.status_kb("VmRSS");
     let locker = connect(&database_url).await;
     locker
-        .batch_execute("BEGIN; LOCK TABLE spans IN ACCESS EXCLUSIVE MODE")
+        .batch_execute("BEGIN; LOCK TABLE span_blocks IN ACCESS EXCLUSIVE MODE")
         .await
         .expect("lock the span table");
     let senders = Senders::start(http.clone(), 2, 200, None);
