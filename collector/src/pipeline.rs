@@ -36,7 +36,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracepost_storage::{EncodedSpans, SpanWriter};
+use tracepost_storage::{EncodedSpans, PostgresWriter};
 
 use crate::metrics::CollectorMetrics;
 use crate::spool::{Drained, Reader, Spool, SpoolConfig, SpoolError, Ticket};
@@ -314,7 +314,7 @@ impl Pipeline {
     /// its drainer. Fails only if the spool cannot be opened.
     pub fn start(
         config: PipelineConfig,
-        writer: Arc<SpanWriter>,
+        writer: Arc<PostgresWriter>,
         metrics: CollectorMetrics,
     ) -> std::io::Result<(Self, PipelineTasks)> {
         let health = Arc::new(WriteHealth::default());
@@ -597,7 +597,7 @@ const MIN_WRITE_TIME: Duration = Duration::from_millis(100);
 async fn run_writer(
     config: WriterConfig,
     queue: Arc<tokio::sync::Mutex<Queue>>,
-    writer: Arc<SpanWriter>,
+    writer: Arc<PostgresWriter>,
     metrics: CollectorMetrics,
     health: Arc<WriteHealth>,
 ) {
@@ -675,7 +675,7 @@ fn finish(batch: Vec<Item>, outcome: Result<(), IngestError>, metrics: &Collecto
 /// Writes `parts` in one transaction, retrying what may succeed later: within `deadline` for clients'
 /// requests, until it works for spooled spans (`deadline` `None`; the shutdown grace ends that by aborting).
 async fn write_with_retry(
-    writer: &SpanWriter,
+    writer: &PostgresWriter,
     parts: &[&EncodedSpans],
     deadline: Option<Instant>,
     metrics: &CollectorMetrics,

@@ -221,7 +221,7 @@ pub fn traces() -> &'static [StoredTrace] {
     })
 }
 
-/// The service list the sample implies (as `TraceReader::services` would list it).
+/// The service list the sample implies (as `PostgresReader::services` would list it).
 pub fn services() -> &'static [String] {
     static SERVICES: OnceLock<Vec<String>> = OnceLock::new();
     SERVICES.get_or_init(|| {
@@ -236,7 +236,7 @@ pub fn services() -> &'static [String] {
 }
 
 /// A span the query matches is among the candidates storage selects with `filter` (services, operation,
-/// duration bounds, as `TraceReader::find_traces_by_span` applies them), so a search never misses it.
+/// duration bounds, as `PostgresReader::find_traces_by_span` applies them), so a search never misses it.
 pub fn assert_candidate(filter: &SpanFilter, span: &StoredSpan) {
     if let Some(services) = &filter.services {
         assert!(

@@ -24,7 +24,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 use tracepost_storage::model::TraceId;
-use tracepost_storage::{StorageError, StoredTrace, TimeRange, TraceReader};
+use tracepost_storage::{PostgresReader, StorageError, StoredTrace, TimeRange};
 
 use crate::blocking::cpu_heavy;
 use crate::jaeger;
@@ -40,21 +40,21 @@ const RANGE_SLACK_NANOS: i64 = 10 * 60 * 1_000_000_000;
 const MILLIS_CUTOFF: i64 = 100_000_000_000_000;
 
 /// The query API (Jaeger's v1 and api_v3 routes) reading from `reader`, within the default [`QueryLimits`].
-pub fn router(reader: TraceReader) -> Router {
+pub fn router(reader: PostgresReader) -> Router {
     router_with_limits(reader, QueryLimits::default())
 }
 
 /// The query API (Jaeger's v1 and api_v3 routes) reading from `reader`, within `limits`.
-pub fn router_with_limits(reader: TraceReader, limits: QueryLimits) -> Router {
+pub fn router_with_limits(reader: PostgresReader, limits: QueryLimits) -> Router {
     let reader = reader
         .with_max_spans_per_trace(limits.max_spans_per_trace)
         .with_max_spans_per_search(limits.max_spans_per_search);
     routes(reader.clone(), limits).merge(crate::search::routes(reader, limits))
 }
 
-/// Where the handlers read traces from: [`TraceReader`] in production, a fake in tests.
+/// Where the handlers read traces from: [`PostgresReader`] in production, a fake in tests.
 pub(crate) trait TraceSource: Clone + Send + Sync + 'static {
-    /// Same contract as [`TraceReader::get_trace`].
+    /// Same contract as [`PostgresReader::get_trace`].
     fn get_trace(
         &self,
         trace_id: TraceId,
@@ -62,13 +62,13 @@ pub(crate) trait TraceSource: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<StoredTrace>, StorageError>> + Send;
 }
 
-impl TraceSource for TraceReader {
+impl TraceSource for PostgresReader {
     fn get_trace(
         &self,
         trace_id: TraceId,
         range: TimeRange,
     ) -> impl Future<Output = Result<Option<StoredTrace>, StorageError>> + Send {
-        TraceReader::get_trace(self, trace_id, range)
+        PostgresReader::get_trace(self, trace_id, range)
     }
 }
 

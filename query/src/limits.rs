@@ -1,7 +1,7 @@
 //! The caps on what one request to the query and Tempo APIs may ask for. Asking for more than a cap allows is
 //! a 400 that names the cap and says how to narrow the request; a trace longer than the span cap is cut.
 
-use tracepost_storage::{TraceReader, DEFAULT_MAX_SPANS_PER_SEARCH, DEFAULT_MAX_SPANS_PER_TRACE};
+use tracepost_storage::{PostgresReader, DEFAULT_MAX_SPANS_PER_SEARCH, DEFAULT_MAX_SPANS_PER_TRACE};
 
 use crate::traceql::{self, ParseLimits};
 
@@ -60,7 +60,7 @@ impl QueryLimits {
 
 /// What the handlers share: where traces come from, and the caps.
 #[derive(Clone, Debug)]
-pub(crate) struct Shared<S = TraceReader> {
+pub(crate) struct Shared<S = PostgresReader> {
     pub(crate) reader: S,
     pub(crate) limits: QueryLimits,
 }

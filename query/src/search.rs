@@ -11,7 +11,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 use tracepost_storage::model::{self, SpanKind, StatusCode as SpanStatus, StoredResource, StoredSpan, TraceId};
-use tracepost_storage::{SearchBudget, SearchResult, SpanFilter, StoredTrace, TimeRange, TraceReader};
+use tracepost_storage::{PostgresReader, SearchBudget, SearchResult, SpanFilter, StoredTrace, TimeRange};
 
 use crate::api::{storage_failed, PrettyPrint, QueryError, V1Envelope, V1Error, V1ErrorEntry, V3Error};
 use crate::blocking::cpu_heavy;
@@ -30,7 +30,7 @@ const DEFAULT_DEPENDENCIES_LOOKBACK_MS: i64 = 24 * 3600 * 1000;
 const DEFAULT_SEARCH_DEPTH: i64 = 100;
 
 /// The list and search routes, reading from `reader`.
-pub(crate) fn routes(reader: TraceReader, limits: QueryLimits) -> Router {
+pub(crate) fn routes(reader: PostgresReader, limits: QueryLimits) -> Router {
     Router::new()
         .route("/api/services", get(services_v1))
         .route("/api/services/{service}/operations", get(service_operations_v1))
@@ -105,7 +105,7 @@ fn parse_span_kind(text: Option<&str>) -> Result<Option<SpanKind>, ()> {
 }
 
 async fn list_operations(
-    reader: &TraceReader,
+    reader: &PostgresReader,
     service: &str,
     kind: Option<&str>,
     unspecified_as: &'static str,
@@ -354,7 +354,7 @@ fn parse_logfmt(text: &str) -> Option<Vec<(String, String)>> {
     Some(pairs)
 }
 
-async fn find(reader: &TraceReader, search: &Search) -> Result<SearchResult, QueryError> {
+async fn find(reader: &PostgresReader, search: &Search) -> Result<SearchResult, QueryError> {
     let filter = &search.filter;
     let tags = &search.tags;
     reader
@@ -429,7 +429,7 @@ pub(crate) fn tag_matches(stored: &StoredSpan, resource: Option<&StoredResource>
 }
 
 async fn multi_get(
-    reader: &TraceReader,
+    reader: &PostgresReader,
     params: &Params,
     texts: &[&str],
     pretty: PrettyPrint,

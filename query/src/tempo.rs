@@ -29,7 +29,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 use tracepost_storage::model::TraceId;
-use tracepost_storage::{SearchBudget, SearchResult, SpanFilter, StorageError, StoredTrace, TimeRange, TraceReader};
+use tracepost_storage::{PostgresReader, SearchBudget, SearchResult, SpanFilter, StorageError, StoredTrace, TimeRange};
 
 use crate::api::{mark_truncated, QueryError, RETRY_AFTER_SECONDS};
 use crate::blocking::cpu_heavy;
@@ -58,12 +58,12 @@ const MAX_SERVICES_FOR_NAMES: usize = 100;
 const PROTOBUF: &str = "application/protobuf";
 
 /// The Tempo API router, reading from `reader`, within the default [`QueryLimits`].
-pub fn tempo_router(reader: TraceReader) -> Router {
+pub fn tempo_router(reader: PostgresReader) -> Router {
     tempo_router_with_limits(reader, QueryLimits::default())
 }
 
 /// The Tempo API router, reading from `reader`, within `limits`.
-pub fn tempo_router_with_limits(reader: TraceReader, limits: QueryLimits) -> Router {
+pub fn tempo_router_with_limits(reader: PostgresReader, limits: QueryLimits) -> Router {
     let reader = reader
         .with_max_spans_per_trace(limits.max_spans_per_trace)
         .with_max_spans_per_search(limits.max_spans_per_search);
@@ -190,7 +190,7 @@ async fn trace_v1(
 }
 
 async fn trace_by_id(
-    reader: &TraceReader,
+    reader: &PostgresReader,
     path: Result<Path<String>, PathRejection>,
     query: Result<QueryString<Vec<(String, String)>>, QueryRejection>,
     headers: &HeaderMap,
@@ -263,7 +263,7 @@ pub(crate) fn trace_range(params: &Params) -> Result<TimeRange, TempoError> {
 /// What storage selects candidates by for `query` (reading the service list when the query selects services
 /// by a regular expression or `!=`).
 async fn span_filter(
-    reader: &TraceReader,
+    reader: &PostgresReader,
     query: &Query,
     start_ns: i64,
     end_ns: i64,
@@ -284,7 +284,7 @@ async fn span_filter(
 /// Newest-first traces with a span matching `query`, with how much was inspected and whether that was
 /// everything that could match.
 async fn find(
-    reader: &TraceReader,
+    reader: &PostgresReader,
     query: &Query,
     (start_ns, end_ns): (i64, i64),
     limit: usize,
@@ -371,7 +371,7 @@ pub(crate) fn tag_window(params: &Params) -> Result<(i64, i64), TempoError> {
 }
 
 /// A bounded sample of recent traces matching `query`.
-async fn sample(reader: &TraceReader, query: &Query, params: &Params) -> Result<Vec<StoredTrace>, TempoError> {
+async fn sample(reader: &PostgresReader, query: &Query, params: &Params) -> Result<Vec<StoredTrace>, TempoError> {
     let window = tag_window(params)?;
     Ok(find(reader, query, window, SAMPLE_TRACES, SAMPLE_BUDGET).await?.traces)
 }
@@ -413,7 +413,7 @@ async fn search_tag_values(
 }
 
 /// The services `query` allows.
-async fn services(reader: &TraceReader, query: &Query) -> Result<Vec<String>, TempoError> {
+async fn services(reader: &PostgresReader, query: &Query) -> Result<Vec<String>, TempoError> {
     let mut services = reader
         .services()
         .await
@@ -424,7 +424,7 @@ async fn services(reader: &TraceReader, query: &Query) -> Result<Vec<String>, Te
 
 /// Span names: of the services `query` selects (`{resource.service.name="x"}`, as Grafana sends once a
 /// service is chosen), or of every service.
-async fn span_names(reader: &TraceReader, query: &Query, limit: usize) -> Result<Vec<String>, TempoError> {
+async fn span_names(reader: &PostgresReader, query: &Query, limit: usize) -> Result<Vec<String>, TempoError> {
     let selected = match query.exact_services() {
         Some(exact) => Some(exact),
         None if query.constrains_service() => Some(services(reader, query).await?),

@@ -54,8 +54,44 @@ pub enum ConnectError {
     Pool(String),
 }
 
+/// tracepost's database: a pool of connections, opened lazily. Cheap to clone (clones share the pool). What
+/// the driver is stays inside this crate.
+#[derive(Clone)]
+pub struct Database {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let status = self.pool.status();
+        f.debug_struct("Database")
+            .field("connections", &status.size)
+            .field("max_connections", &status.max_size)
+            .finish()
+    }
+}
+
+impl Database {
+    /// Runs one SQL statement on a pooled connection, with the session settings every pooled connection has,
+    /// and returns the first column of its first row as text, if any (checks by operators and tests:
+    /// `SHOW statement_timeout`).
+    pub async fn query_text(&self, sql: &str) -> Result<Option<String>, crate::StorageError> {
+        let client = self.get().await?;
+        let rows = client.simple_query(sql).await?;
+        Ok(rows.iter().find_map(|message| match message {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        }))
+    }
+
+    /// A pooled connection.
+    pub(crate) async fn get(&self) -> Result<deadpool_postgres::Object, deadpool_postgres::PoolError> {
+        self.pool.get().await
+    }
+}
+
 /// Builds the connection pool. Connections are opened lazily, so this succeeds while PostgreSQL is down.
-pub fn connect_pool(config: &DatabaseConfig) -> Result<Pool, ConnectError> {
+pub fn connect_pool(config: &DatabaseConfig) -> Result<Database, ConnectError> {
     let (mut pg_config, verify_mode) = parse_url(&config.url)?;
     pg_config.connect_timeout(config.connect_timeout);
     let mut options = with_session_settings(pg_config.get_options());
@@ -74,13 +110,14 @@ pub fn connect_pool(config: &DatabaseConfig) -> Result<Pool, ConnectError> {
             recycling_method: RecyclingMethod::Fast,
         },
     );
-    Pool::builder(manager)
+    let pool = Pool::builder(manager)
         .max_size(config.pool_size.max(1))
         .create_timeout(Some(config.connect_timeout))
         .wait_timeout(Some(config.connect_timeout))
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .build()
-        .map_err(|error| ConnectError::Pool(error.to_string()))
+        .map_err(|error| ConnectError::Pool(error.to_string()))?;
+    Ok(Database { pool })
 }
 
 /// Settings every tracepost session runs with, whatever the server's defaults and whatever its statistics say:

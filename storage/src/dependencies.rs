@@ -2,8 +2,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::Database;
 use bytes::Bytes;
-use deadpool_postgres::Pool;
 
 use crate::block::decode_block;
 use crate::reader::DependencyLink;
@@ -110,8 +110,8 @@ fn span_key(trace_id: &[u8], span_id: &[u8]) -> u64 {
 
 /// Rolls up the buckets that have settled since the last pass, under an advisory lock (one instance does it).
 /// Returns the number of buckets rolled up.
-pub async fn rollup(pool: &Pool, now_ns: i64, retention_ns: i64) -> Result<i64, StorageError> {
-    let mut client = pool.get().await?;
+pub async fn rollup(database: &Database, now_ns: i64, retention_ns: i64) -> Result<i64, StorageError> {
+    let mut client = database.get().await?;
     let locked: bool = client
         .query_one("SELECT pg_try_advisory_lock($1)", &[&ROLLUP_LOCK])
         .await?
@@ -183,8 +183,8 @@ async fn rollup_locked(
 }
 
 /// Links over `[from_ns, to_ns]`: the rolled-up buckets plus the tail not rolled up yet, computed live.
-pub(crate) async fn query(pool: &Pool, from_ns: i64, to_ns: i64) -> Result<Vec<DependencyLink>, StorageError> {
-    let client = pool.get().await?;
+pub(crate) async fn query(database: &Database, from_ns: i64, to_ns: i64) -> Result<Vec<DependencyLink>, StorageError> {
+    let client = database.get().await?;
     let done: Option<i64> = client
         .query_opt(
             "SELECT done_until_ns FROM rollup_state WHERE name = $1",

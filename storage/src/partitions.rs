@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use deadpool_postgres::Pool;
+use crate::Database;
 
 use crate::time::{civil_from_days, days_from_civil, NANOS_PER_DAY};
 use crate::StorageError;
@@ -66,12 +66,12 @@ fn parse_partition_name(table: &str, name: &str) -> Option<i32> {
 /// Creates the partitions for `today - 1 ..= today + days_ahead` and drops those wholly older than
 /// `retention`, if this instance wins the maintenance lock.
 pub async fn maintain(
-    pool: &Pool,
+    database: &Database,
     now_unix_nanos: i64,
     days_ahead: i32,
     retention: Duration,
 ) -> Result<MaintenanceReport, StorageError> {
-    let mut client = pool.get().await?;
+    let mut client = database.get().await?;
     let locked: bool = client
         .query_one("SELECT pg_try_advisory_lock($1)", &[&MAINTENANCE_LOCK])
         .await?

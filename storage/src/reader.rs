@@ -4,8 +4,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::Database;
 use bytes::Bytes;
-use deadpool_postgres::Pool;
 use prometheus_client::metrics::counter::Counter;
 use prost::Message;
 use tokio_postgres::Row;
@@ -185,13 +185,13 @@ pub struct DependencyLink {
 /// start a little before or after the span that matched.
 const TRACE_SLACK_NS: i64 = 10 * 60 * 1_000_000_000;
 
-/// The default [`TraceReader::max_spans_per_trace`].
+/// The default [`PostgresReader::max_spans_per_trace`].
 pub const DEFAULT_MAX_SPANS_PER_TRACE: usize = 10_000;
 
-/// The most services [`TraceReader::services`] lists (and a search without a service walks).
+/// The most services [`PostgresReader::services`] lists (and a search without a service walks).
 pub const MAX_LISTED_SERVICES: usize = 10_000;
 
-/// The default [`TraceReader::max_spans_per_search`].
+/// The default [`PostgresReader::max_spans_per_search`].
 pub const DEFAULT_MAX_SPANS_PER_SEARCH: usize = 50_000;
 
 /// Matching traces are fetched whole this many at a time, so one fetch holds at most this many times the
@@ -201,10 +201,10 @@ const SEARCH_FETCH_TRACES: usize = 16;
 /// Reads traces. Cheap to clone; clones share the undecodable-row counter and its log limiter.
 ///
 /// A stored row it cannot decode (a span's `detail`, a resource's body, a malformed trace ID) never fails an
-/// answer: the row is left out, counted in [`TraceReader::undecodable_rows`] and logged once per trace ID.
+/// answer: the row is left out, counted in [`PostgresReader::undecodable_rows`] and logged once per trace ID.
 #[derive(Clone, Debug)]
-pub struct TraceReader {
-    pool: Pool,
+pub struct PostgresReader {
+    database: Database,
     max_spans_per_trace: usize,
     max_spans_per_search: usize,
     undecodable: Counter,
@@ -213,11 +213,11 @@ pub struct TraceReader {
     legacy: Arc<Mutex<Option<(Instant, bool)>>>,
 }
 
-impl TraceReader {
+impl PostgresReader {
     /// A reader returning at most [`DEFAULT_MAX_SPANS_PER_TRACE`] spans per trace.
-    pub fn new(pool: Pool) -> Self {
+    pub fn new(database: Database) -> Self {
         Self {
-            pool,
+            database,
             max_spans_per_trace: DEFAULT_MAX_SPANS_PER_TRACE,
             max_spans_per_search: DEFAULT_MAX_SPANS_PER_SEARCH,
             undecodable: Counter::default(),
@@ -331,7 +331,7 @@ impl TraceReader {
     }
 
     /// Fetches traces by ID, in the order asked; IDs with no stored span are left out. Each trace holds at most
-    /// [`TraceReader::max_spans_per_trace`] spans (by start time, whole blocks at a time: a trace's blocks are
+    /// [`PostgresReader::max_spans_per_trace`] spans (by start time, whole blocks at a time: a trace's blocks are
     /// read earliest first until the limit is passed) and says when it holds fewer than are stored.
     ///
     /// Reads `trace_index` (one hash-index probe per partition) and then only the blocks it names; blocks are
@@ -342,7 +342,7 @@ impl TraceReader {
         if trace_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let client = self.pool.get().await?;
+        let client = self.database.get().await?;
         let ids: Vec<&[u8]> = trace_ids.iter().map(|id| id.0.as_slice()).collect();
         // A block lies within one day, so a block holding spans of the range starts no earlier than the range's
         // first day.
@@ -421,7 +421,7 @@ impl TraceReader {
             resource_ids.extend(spans.iter().map(|span| span.resource_id));
             assembled.push((*trace_id, spans, truncated));
         }
-        let client = self.pool.get().await?;
+        let client = self.database.get().await?;
         let resource_ids: Vec<i64> = resource_ids.into_iter().collect();
         let resources = self.load_resources(&client, &resource_ids).await?;
         Ok(assembled
@@ -512,7 +512,7 @@ impl TraceReader {
                 return Ok(present);
             }
         }
-        let client = self.pool.get().await?;
+        let client = self.database.get().await?;
         let present: bool = client
             .query_one("SELECT EXISTS (SELECT 1 FROM spans)", &[])
             .await?
@@ -524,7 +524,7 @@ impl TraceReader {
     /// Service names, sorted, at most [`MAX_LISTED_SERVICES`] (a client inventing service names cannot make the
     /// list, or a search across every service, grow without bound).
     pub async fn services(&self) -> Result<Vec<String>, StorageError> {
-        let client = self.pool.get().await?;
+        let client = self.database.get().await?;
         let rows = client
             .query(
                 "SELECT DISTINCT service FROM operations ORDER BY service LIMIT $1",
@@ -540,7 +540,7 @@ impl TraceReader {
         service: &str,
         kind: Option<SpanKind>,
     ) -> Result<Vec<(String, SpanKind)>, StorageError> {
-        let client = self.pool.get().await?;
+        let client = self.database.get().await?;
         let kind = kind.map(|kind| kind as i16);
         let service = crate::limits::label_column(service);
         let rows = client
@@ -558,7 +558,7 @@ impl TraceReader {
 
     /// Distinct operation names across services, sorted, at most `limit`.
     pub async fn operation_names(&self, limit: i64) -> Result<Vec<String>, StorageError> {
-        let client = self.pool.get().await?;
+        let client = self.database.get().await?;
         let rows = client
             .query("SELECT DISTINCT name FROM operations ORDER BY name LIMIT $1", &[&limit])
             .await?;
@@ -566,7 +566,7 @@ impl TraceReader {
     }
 
     /// Newest-first search: traces with at least one span selected by `filter` for which `matches` holds,
-    /// at most `limit` of them, within `budget`. See [`TraceReader::find_traces_by_span`].
+    /// at most `limit` of them, within `budget`. See [`PostgresReader::find_traces_by_span`].
     pub async fn find_traces(
         &self,
         filter: &SpanFilter,
@@ -580,7 +580,7 @@ impl TraceReader {
 
     /// Newest-first search: traces with a span selected by `filter` for which `span_matches` holds (given the
     /// span's resource), and for which `trace_matches` holds as a whole; at most `limit`, within `budget`.
-    /// See [`TraceReader::search`], which also says whether the answer is complete.
+    /// See [`PostgresReader::search`], which also says whether the answer is complete.
     pub async fn find_traces_by_span(
         &self,
         filter: &SpanFilter,
@@ -650,7 +650,7 @@ impl TraceReader {
                 result.complete = false;
                 break;
             }
-            let client = self.pool.get().await?;
+            let client = self.database.get().await?;
             let min_duration = filter.min_duration_ns.unwrap_or(0);
             let max_duration = filter.max_duration_ns.unwrap_or(i64::MAX);
             let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
@@ -783,7 +783,7 @@ impl TraceReader {
     /// each child span counted once however often it was stored. Rolled-up buckets are summed and the tail
     /// not rolled up yet is computed from the spans.
     pub async fn dependencies(&self, end_ns: i64, lookback_ns: i64) -> Result<Vec<DependencyLink>, StorageError> {
-        crate::dependencies::query(&self.pool, end_ns.saturating_sub(lookback_ns), end_ns).await
+        crate::dependencies::query(&self.database, end_ns.saturating_sub(lookback_ns), end_ns).await
     }
 }
 

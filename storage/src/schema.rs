@@ -1,7 +1,7 @@
 //! Numbered, embedded migrations, each applied in its own transaction and recorded in a version table.
 //! Several replicas starting together serialize on a PostgreSQL advisory lock.
 
-use deadpool_postgres::Pool;
+use crate::Database;
 
 use crate::StorageError;
 
@@ -61,8 +61,8 @@ const VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS tracepost_schema_migrati
 
 /// Applies pending migrations and returns the versions applied now. The pool's statement timeout does not
 /// apply: a migration, or waiting for another replica's, may take longer.
-pub async fn migrate(pool: &Pool) -> Result<Vec<i32>, StorageError> {
-    let mut client = pool.get().await?;
+pub async fn migrate(database: &Database) -> Result<Vec<i32>, StorageError> {
+    let mut client = database.get().await?;
     client.batch_execute("SET statement_timeout = 0").await?;
     let outcome = migrate_locked(&mut client).await;
     // Back to the connection's own setting before it returns to the pool.
@@ -112,8 +112,8 @@ async fn apply_pending(client: &mut deadpool_postgres::Client) -> Result<Vec<i32
 }
 
 /// The newest applied migration, 0 when none is.
-pub async fn current_version(pool: &Pool) -> Result<i32, StorageError> {
-    let client = pool.get().await?;
+pub async fn current_version(database: &Database) -> Result<i32, StorageError> {
+    let client = database.get().await?;
     current_version_of(&client).await
 }
 

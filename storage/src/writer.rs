@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::Database;
 use bytes::Bytes;
-use deadpool_postgres::Pool;
 use futures_util::SinkExt;
 
 use crate::block::{COPY_SPAN_BLOCKS, COPY_TRACE_INDEX};
@@ -57,15 +57,15 @@ const KNOWN_RESOURCES_CAP: usize = 100_000;
 
 /// Writes batches. Cheap to share: one per process.
 #[derive(Debug)]
-pub struct SpanWriter {
-    pool: Pool,
+pub struct PostgresWriter {
+    database: Database,
     known_resources: Mutex<HashSet<(i64, i32)>>,
 }
 
-impl SpanWriter {
-    pub fn new(pool: Pool) -> Self {
+impl PostgresWriter {
+    pub fn new(database: Database) -> Self {
         Self {
-            pool,
+            database,
             known_resources: Mutex::new(HashSet::new()),
         }
     }
@@ -77,7 +77,7 @@ impl SpanWriter {
     /// moment after `time` and [`StorageError::Unanswered`] says the outcome is unknown.
     pub async fn write(&self, parts: &[&EncodedSpans], time: Duration) -> Result<(), StorageError> {
         let started = Instant::now();
-        let mut client = tokio::time::timeout(time, self.pool.get())
+        let mut client = tokio::time::timeout(time, self.database.get())
             .await
             .map_err(|_| StorageError::Pool("no database connection within the request's deadline".into()))??;
         let left = time.saturating_sub(started.elapsed());
@@ -116,7 +116,7 @@ impl SpanWriter {
     pub async fn warm_up(&self, connections: usize) {
         let mut clients = Vec::with_capacity(connections);
         for _ in 0..connections {
-            match tokio::time::timeout(Duration::from_secs(5), self.pool.get()).await {
+            match tokio::time::timeout(Duration::from_secs(5), self.database.get()).await {
                 Ok(Ok(client)) => clients.push(client),
                 _ => return,
             }

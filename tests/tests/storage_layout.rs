@@ -11,7 +11,7 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message as _;
 use serde_json::Value;
 use support::*;
-use tracepost_storage::{connect_pool, DatabaseConfig, SearchBudget, SpanFilter, TraceReader};
+use tracepost_storage::{connect_pool, DatabaseConfig, PostgresReader, SearchBudget, SpanFilter};
 
 fn string_attribute(key: &str, value: &str) -> KeyValue {
     KeyValue {
@@ -231,7 +231,7 @@ async fn a_search_stopped_by_its_budget_says_it_is_incomplete() {
     let now = now_micros();
     let start_ns = u64::try_from(now - 60_000_000).expect("positive") * 1000;
     load_with_one_rare_value(&app, start_ns).await;
-    let reader = TraceReader::new(connect_pool(&DatabaseConfig::new(database.url.clone())).expect("pool"));
+    let reader = PostgresReader::new(connect_pool(&DatabaseConfig::new(database.url.clone())).expect("pool"));
     let filter = SpanFilter {
         services: Some(vec!["shop".into()]),
         start_min_ns: (now - 3_600_000_000) * 1000,

@@ -17,7 +17,7 @@ use tracepost_collector::{
     CollectorMetrics, ConvertConfig, Ingest, IngestLimits, OperationCatalog, Pipeline, PipelineConfig, RedConfig,
     SpanMetrics,
 };
-use tracepost_storage::{connect_pool, partitions, schema, DatabaseConfig, Pool, SpanWriter, TraceReader};
+use tracepost_storage::{connect_pool, partitions, schema, Database, DatabaseConfig, PostgresReader, PostgresWriter};
 
 use crate::listener::{bind, serve, Edges, ListenerConfig};
 
@@ -149,7 +149,7 @@ impl App {
 
 #[derive(Clone)]
 struct Health {
-    pool: Pool,
+    pool: Database,
     ready: Arc<AtomicBool>,
     registry: Arc<Registry>,
     /// The collector's pipeline, whose writes tell whether PostgreSQL takes spans.
@@ -162,7 +162,7 @@ struct Health {
 const WRITE_STALLED_AFTER: Duration = Duration::from_secs(2);
 
 /// Applies pending migrations, retrying while PostgreSQL is unreachable (for up to `patience`).
-pub async fn migrate(pool: &Pool, patience: Duration) -> anyhow::Result<Vec<i32>> {
+pub async fn migrate(pool: &Database, patience: Duration) -> anyhow::Result<Vec<i32>> {
     let deadline = tokio::time::Instant::now() + patience;
     let mut delay = Duration::from_millis(200);
     loop {
@@ -225,7 +225,7 @@ pub async fn start(role: Role, config: AppConfig) -> anyhow::Result<App> {
             registry.register_collector(Box::new(span_metrics.clone()));
             background.push(tokio::spawn(run_graph_expiry(span_metrics.clone())));
         }
-        let writer = Arc::new(SpanWriter::new(pool.clone()));
+        let writer = Arc::new(PostgresWriter::new(pool.clone()));
         let (pipeline, tasks) = Pipeline::start(config.pipeline.clone(), writer, metrics.clone())
             .context("opening the spool (--spool-dir)")?;
         let ingest = Ingest::new(
@@ -263,7 +263,7 @@ pub async fn start(role: Role, config: AppConfig) -> anyhow::Result<App> {
         collector = Some((pipeline, tasks, maintenance));
     }
 
-    let reader = role.queries().then(|| TraceReader::new(pool.clone()));
+    let reader = role.queries().then(|| PostgresReader::new(pool.clone()));
     if let Some(reader) = &reader {
         registry.sub_registry_with_prefix("tracepost").register(
             "stored_rows_undecodable",
@@ -418,7 +418,7 @@ async fn run_graph_expiry(span_metrics: Arc<SpanMetrics>) {
     }
 }
 
-async fn maintain(pool: &Pool, config: &AppConfig) -> Result<(), tracepost_storage::StorageError> {
+async fn maintain(pool: &Database, config: &AppConfig) -> Result<(), tracepost_storage::StorageError> {
     let now = tracepost_storage::time::now_unix_nanos();
     partitions::maintain(pool, now, config.partition_days_ahead, config.retention)
         .await
@@ -427,7 +427,7 @@ async fn maintain(pool: &Pool, config: &AppConfig) -> Result<(), tracepost_stora
 
 /// The collector role's background work: the dependency roll-up every `ROLLUP_INTERVAL`, partition
 /// maintenance every `maintenance_interval`. Both take advisory locks, so one instance does each.
-async fn run_maintenance(pool: Pool, config: AppConfig, shutdown: watch::Receiver<bool>) {
+async fn run_maintenance(pool: Database, config: AppConfig, shutdown: watch::Receiver<bool>) {
     let mut shutdown = shutdown;
     let mut partitions = tokio::time::interval(config.maintenance_interval);
     let mut rollup = tokio::time::interval(ROLLUP_INTERVAL);
@@ -463,7 +463,7 @@ const ROLLUP_INTERVAL: Duration = Duration::from_secs(60);
 /// Applies migrations, retrying until they succeed: a database that is not there yet is waited for, and a
 /// migration that fails is reported on `/readyz` and retried (an operator may fix its cause).
 async fn prepare_schema(
-    pool: &Pool,
+    pool: &Database,
     problem: &std::sync::Mutex<Option<String>>,
     first_attempt: &mut Option<tokio::sync::oneshot::Sender<()>>,
 ) {

@@ -12,13 +12,14 @@ use crate::model::{Span, SpanDetail, SpanId, SpanKind, StatusCode, StoredResourc
 use crate::StorageError;
 
 use super::{
-    trace_id_from, SearchBudget, SpanFilter, StoredTrace, TimeRange, TraceReader, SEARCH_FETCH_TRACES, TRACE_SLACK_NS,
+    trace_id_from, PostgresReader, SearchBudget, SpanFilter, StoredTrace, TimeRange, SEARCH_FETCH_TRACES,
+    TRACE_SLACK_NS,
 };
 
 pub(super) const SPAN_COLUMNS: &str =
     "trace_id, span_id, parent_span_id, start_ns, service, name, kind, status, cluster, resource_id, detail";
 
-impl TraceReader {
+impl PostgresReader {
     /// The spans of `rows`, leaving out (and counting) those that cannot be decoded.
     fn decode_spans(&self, rows: &[Row]) -> Vec<StoredSpan> {
         rows.iter()
@@ -32,8 +33,8 @@ impl TraceReader {
             .collect()
     }
 
-    /// The legacy `spans` table's part of [`TraceReader::get_traces`]: traces by ID, in the order asked; IDs with no stored span are left out. Each trace holds at most
-    /// [`TraceReader::max_spans_per_trace`] spans, the first by start time, and says when it holds fewer than
+    /// The legacy `spans` table's part of [`PostgresReader::get_traces`]: traces by ID, in the order asked; IDs with no stored span are left out. Each trace holds at most
+    /// [`PostgresReader::max_spans_per_trace`] spans, the first by start time, and says when it holds fewer than
     /// are stored.
     ///
     /// Spans are deduplicated here, on read: a client that retried an export whose acknowledgement it lost
@@ -46,7 +47,7 @@ impl TraceReader {
         if trace_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let client = self.pool.get().await?;
+        let client = self.database.get().await?;
         // One index lookup per trace, each cut to the limit (plus one) by PostgreSQL's top-N sort.
         let statement = client
             .prepare_cached(&format!(
@@ -158,7 +159,7 @@ impl TraceReader {
         let mut upper = filter.start_max_ns;
         let mut page_spans = (limit as i64).saturating_mul(8).clamp(1, budget.page_spans.max(1));
         for _ in 0..budget.max_pages {
-            let client = self.pool.get().await?;
+            let client = self.database.get().await?;
             // Planned with the actual parameters each time (an unnamed statement): a cached generic plan
             // sorts every row of a popular key instead of walking the index in order.
             let statement: &str = &format!(
@@ -264,7 +265,7 @@ impl TraceReader {
         let mut upper = filter.start_max_ns;
         let mut page = (limit as i64).saturating_mul(2).clamp(1, budget.page_spans.max(1));
         for _ in 0..budget.max_pages {
-            let client = self.pool.get().await?;
+            let client = self.database.get().await?;
             // Planned with the actual parameters each time (an unnamed statement): a cached generic plan
             // sorts every row of a popular key instead of walking the index in order.
             let statement: &str = "SELECT c.trace_id, c.start_ns FROM unnest($1::int8[]) AS k(key) CROSS JOIN LATERAL (
@@ -300,7 +301,7 @@ impl TraceReader {
                 // Verify on the candidates' spans of that operation first; fetch only matching traces whole.
                 let range_start = lowest.saturating_sub(TRACE_SLACK_NS);
                 let range_end = highest.saturating_add(TRACE_SLACK_NS);
-                let client = self.pool.get().await?;
+                let client = self.database.get().await?;
                 // At most the per-trace limit of that operation's spans per trace, the first by start time, so a
                 // huge trace is never read whole.
                 let statement: &str = &format!(
