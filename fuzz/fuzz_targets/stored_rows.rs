@@ -1,4 +1,4 @@
-//! What the reader decodes from a stored row: a span's `detail` and a resource body (the model's prost
+//! What the reader decodes from a stored row: a span block, a span's `detail` and a resource body (the model's prost
 //! decoders, which `storage/src/reader.rs` calls), never panicking whatever the bytes; what decodes re-encodes
 //! to bytes that decode to the same; and `tracepost_storage::limits` measures attributes exactly as prost
 //! nests them, so an attribute within the limit decodes wherever storage puts it. Text the row columns hold
@@ -7,6 +7,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
+use tracepost_storage::block::decode_block_spans;
 use tracepost_storage::copy::sanitize_text;
 use tracepost_storage::limits::{key_value_exceeds, retain_within_nesting, MAX_ATTRIBUTE_NESTING};
 use tracepost_storage::model::{AnyValue, Event, KeyValue, Link, Resource, Scope, SpanDetail, SpanId, TraceId, Value};
@@ -81,6 +82,19 @@ fn check_limits(attributes: &[KeyValue]) {
 }
 
 fuzz_target!(|bytes: &[u8]| {
+    // A span block: whatever the bytes, decoding never panics, and a lookup's selective decoding (the trace ID
+    // read in place) finds only spans of those traces, each as the full decoding finds it (for blocks the
+    // builder writes, all of them: `storage::block` tests).
+    let block = bytes::Bytes::copy_from_slice(bytes);
+    if let Ok(all) = decode_block_spans(block.clone(), |_| true) {
+        let even = |trace: &TraceId| trace.0[0] % 2 == 0;
+        let picked = decode_block_spans(block, even).expect("what decodes whole decodes in part");
+        let expected: Vec<_> = all.iter().filter(|span| span.trace_id().is_some_and(|t| even(&t))).collect();
+        assert!(picked.iter().all(|span| expected.contains(&span)), "a span the full decoding does not find");
+        for span in &all {
+            let _ = span.to_span();
+        }
+    }
     if let Ok(detail) = SpanDetail::decode(bytes) {
         round_trips(&detail);
         check_limits(&detail.attributes);

@@ -158,7 +158,8 @@ pub fn decode_block_spans(bytes: Bytes, select: impl Fn(&TraceId) -> bool) -> Re
             continue;
         }
         let span = BlockSpan::decode(message).map_err(|error| corrupt(&error.to_string()))?;
-        if trace.is_some() || span.trace_id().is_some_and(|trace| select(&trace)) {
+        // A later field could override the trace ID read in place: what is kept is what decodes as selected.
+        if span.trace_id().is_some_and(|trace| select(&trace)) {
             spans.push(span);
         }
     }
