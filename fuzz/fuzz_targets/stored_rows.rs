@@ -89,8 +89,14 @@ fuzz_target!(|bytes: &[u8]| {
     if let Ok(all) = decode_block_spans(block.clone(), |_| true) {
         let even = |trace: &TraceId| trace.0[0] % 2 == 0;
         let picked = decode_block_spans(block, even).expect("what decodes whole decodes in part");
-        let expected: Vec<_> = all.iter().filter(|span| span.trace_id().is_some_and(|t| even(&t))).collect();
-        assert!(picked.iter().all(|span| expected.contains(&span)), "a span the full decoding does not find");
+        let expected: Vec<_> = all
+            .iter()
+            .filter(|span| span.trace_id().is_some_and(|t| even(&t)))
+            .collect();
+        assert!(
+            picked.iter().all(|span| expected.contains(&span)),
+            "a span the full decoding does not find"
+        );
         for span in &all {
             let _ = span.to_span();
         }
