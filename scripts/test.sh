@@ -35,4 +35,4 @@ cargo test --workspace --locked "$@"
 
 # The SQL functions that read stored blocks (storage/migrations/0006_sql_access.sql), fed hand-encoded and
 # malformed blocks.
-scripts/test-sql-access.sh "$TRACEPOST_TEST_DATABASE_URL" >/dev/null
+scripts/test-sql-access.sh "$TRACEPOST_TEST_DATABASE_URL"
