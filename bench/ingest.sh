@@ -24,7 +24,7 @@
 # stops at the last acknowledgement. With the spool off an acknowledgement means committed. With it on
 # (--spool-dir a fresh directory in the temp directory, on the same disk as the private cluster;
 # --spool-max-bytes 4 GiB) the spans may still be on their way to PostgreSQL: after the load generator ends
-# the script polls `SELECT count(*) FROM spans` (every 0.2 s, up to 300 s) until it reaches the acknowledged
+# the script polls `SELECT sum(span_count) FROM span_blocks` (every 0.2 s, up to 300 s) until it reaches the acknowledged
 # count and reports that drain time and the end-to-end rate separately. In both modes it refuses to report
 # when fewer spans are stored than acknowledged.
 # It prints each run and, per scenario, the median of the runs (the lower middle one of an even count) with
@@ -67,7 +67,7 @@ database_url() { echo "${server/\/postgres\?/\/$1?}"; }
 fresh_database() {
     psql "$server" -qc "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $1" -c "CREATE DATABASE $1"
 }
-stored_spans() { psql "$(database_url tracepost_bench)" -qAtc "SELECT count(*) FROM spans"; }
+stored_spans() { psql "$(database_url tracepost_bench)" -qAtc "SELECT coalesce(sum(span_count), 0) FROM span_blocks"; }
 cpu_seconds() { # utime + stime of a process, in seconds (clock ticks of 1/100 s)
     awk '{ split($0, a, ") "); split(a[2], f, " "); print (f[12] + f[13]) / 100 }' "/proc/$1/stat"
 }
