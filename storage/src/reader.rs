@@ -121,6 +121,21 @@ impl BlockRow {
     }
 }
 
+/// What tracepost's lookups and searches plan with, inside their read transaction: index scans and nested
+/// loops only. Every one of them is an index probe per asked ID or an ordered index walk with `LIMIT`; without
+/// statistics (a new day's partition, autovacuum off) the planner otherwise guesses a few rows and picks a
+/// bitmap scan and sort of every block in the window, or a hash join over a sequential scan of a partition.
+const INDEX_PLANS: &str = "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; \
+     SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
+
+async fn index_plans(
+    client: &mut deadpool_postgres::Client,
+) -> Result<deadpool_postgres::Transaction<'_>, StorageError> {
+    let transaction = client.transaction().await?;
+    transaction.batch_execute(INDEX_PLANS).await?;
+    Ok(transaction)
+}
+
 /// The search's page query: blocks newest first (by latest span start, then ID) below the cursor, within the
 /// time range (`$1`, `$2`; `$3` the first day, for partition pruning) and duration range (`$6`, `$7`), at
 /// most `$8`; with services, `$9` holds them; then a pair of probe hashes per bloom filter item.
@@ -134,7 +149,7 @@ fn search_statement(with_services: bool, items: usize) -> String {
     for item in 0..items {
         let h1 = first_probe + 2 * item;
         conditions.push_str(" AND ");
-        conditions.push_str(&bloom_condition("bloom", h1, h1 + 1));
+        conditions.push_str(&bloom_condition("bloom", "block_id", h1, h1 + 1));
     }
     let columns = "block_id, last_start_ns, service, cluster, spans";
     if with_services {
@@ -261,7 +276,7 @@ impl PostgresReader {
     /// spans show without resource attributes.
     async fn load_resources(
         &self,
-        client: &tokio_postgres::Client,
+        client: &impl tokio_postgres::GenericClient,
         resource_ids: &[i64],
     ) -> Result<HashMap<i64, StoredResource>, StorageError> {
         if resource_ids.is_empty() {
@@ -342,14 +357,15 @@ impl PostgresReader {
         if trace_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let client = self.database.get().await?;
+        let mut client = self.database.get().await?;
+        let transaction = index_plans(&mut client).await?;
         let ids: Vec<&[u8]> = trace_ids.iter().map(|id| id.0.as_slice()).collect();
         // A block lies within one day, so a block holding spans of the range starts no earlier than the range's
         // first day.
         let lower = range
             .start
             .map_or(i64::MIN, |start| start - start.rem_euclid(NANOS_PER_DAY));
-        let statement = client
+        let statement = transaction
             .prepare_cached(
                 "SELECT t.id, i.start_ns, i.block_id, i.span_count FROM unnest($1::bytea[]) AS t(id)
                  CROSS JOIN LATERAL (
@@ -357,7 +373,7 @@ impl PostgresReader {
                      WHERE trace_id = encode(t.id, 'hex')::uuid AND start_ns >= $2 AND start_ns <= $3) i",
             )
             .await?;
-        let rows = client
+        let rows = transaction
             .query(&statement, &[&ids, &lower, &range.end.unwrap_or(i64::MAX)])
             .await?;
         let mut entries: HashMap<TraceId, Vec<(i64, i64, i64)>> = HashMap::new();
@@ -391,8 +407,9 @@ impl PostgresReader {
         blocks.sort_unstable();
         blocks.dedup_by_key(|(block, _)| *block);
         let mut spans_by_trace = self
-            .read_blocks(&client, &blocks, |trace_id| entries.contains_key(trace_id))
+            .read_blocks(&transaction, &blocks, |trace_id| entries.contains_key(trace_id))
             .await?;
+        transaction.commit().await?;
         drop(client);
         if self.legacy_present().await? {
             for trace in self.legacy_get_traces(trace_ids, range).await? {
@@ -423,7 +440,7 @@ impl PostgresReader {
         }
         let client = self.database.get().await?;
         let resource_ids: Vec<i64> = resource_ids.into_iter().collect();
-        let resources = self.load_resources(&client, &resource_ids).await?;
+        let resources = self.load_resources(&**client, &resource_ids).await?;
         Ok(assembled
             .into_iter()
             .map(|(trace_id, spans, truncated)| StoredTrace {
@@ -441,7 +458,7 @@ impl PostgresReader {
     /// Reads blocks by (block ID, a start time of theirs) and keeps the spans of the traces `wanted` selects.
     async fn read_blocks(
         &self,
-        client: &deadpool_postgres::Client,
+        client: &deadpool_postgres::Transaction<'_>,
         blocks: &[(i64, i64)],
         wanted: impl Fn(&TraceId) -> bool,
     ) -> Result<HashMap<TraceId, Vec<StoredSpan>>, StorageError> {
@@ -650,7 +667,8 @@ impl PostgresReader {
                 result.complete = false;
                 break;
             }
-            let client = self.database.get().await?;
+            let mut client = self.database.get().await?;
+            let transaction = index_plans(&mut client).await?;
             let min_duration = filter.min_duration_ns.unwrap_or(0);
             let max_duration = filter.max_duration_ns.unwrap_or(i64::MAX);
             let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
@@ -670,7 +688,7 @@ impl PostgresReader {
                 params.push(h1);
                 params.push(h2);
             }
-            let rows = client.query(statement.as_str(), &params).await?;
+            let rows = transaction.query(statement.as_str(), &params).await?;
             let exhausted = (rows.len() as i64) < page;
             page = (page * 2).min(64);
             let blocks: Vec<BlockRow> = rows.iter().map(BlockRow::from_row).collect();
@@ -707,7 +725,8 @@ impl PostgresReader {
                 .collect::<HashSet<_>>()
                 .into_iter()
                 .collect();
-            resources.extend(self.load_resources(&client, &missing).await?);
+            resources.extend(self.load_resources(&*transaction, &missing).await?);
+            transaction.commit().await?;
             drop(client);
             let mut matched: Vec<(i64, TraceId)> = Vec::new();
             for (trace_id, spans) in &candidates {

@@ -93,7 +93,7 @@ impl PostgresReader {
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
-        let resources = self.load_resources(&client, &resource_ids).await?;
+        let resources = self.load_resources(&**client, &resource_ids).await?;
         let mut traces = Vec::with_capacity(by_trace.len());
         for trace_id in trace_ids {
             let Some(spans) = by_trace.remove(trace_id) else {
@@ -195,7 +195,7 @@ impl PostgresReader {
                 .collect::<HashSet<_>>()
                 .into_iter()
                 .collect();
-            resources.extend(self.load_resources(&client, &missing).await?);
+            resources.extend(self.load_resources(&**client, &missing).await?);
             drop(client);
 
             let lowest = candidates.iter().map(|span| span.span.start_time_unix_nano).min();
@@ -322,7 +322,7 @@ impl PostgresReader {
                     .collect::<HashSet<_>>()
                     .into_iter()
                     .collect();
-                let resources = self.load_resources(&client, &resource_ids).await?;
+                let resources = self.load_resources(&**client, &resource_ids).await?;
                 drop(client);
                 let matched: HashSet<TraceId> = spans
                     .iter()
