@@ -31,7 +31,8 @@ pub struct QuerybenchArgs {
     /// Search window, in minutes back from now (unless --between).
     #[arg(long, default_value_t = 60)]
     pub window_minutes: i64,
-    /// Search window `START_NS..END_NS` (Unix nanoseconds), instead of --window-minutes.
+    /// Search window `START_NS..END_NS` (Unix nanoseconds), instead of --window-minutes: where the spans are,
+    /// as trace IDs are sampled from ten slices of the window.
     #[arg(long, value_name = "START_NS..END_NS")]
     pub between: Option<String>,
     /// The attribute searched for, as `key=value`.
