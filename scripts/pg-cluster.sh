@@ -11,6 +11,10 @@
 # owned by the postgres user when run as root (initdb refuses root). PostgreSQL's Debian packages are
 # installed if no server binaries are found. --tls turns on SSL with a self-signed certificate and a TLS 1.3
 # minimum, as CloudNativePG configures it.
+#
+# TRACEPOST_PG_SETTINGS (space-separated NAME=VALUE, e.g. "autovacuum=off") adds server settings when `start`
+# starts the cluster (passed as -c NAME=VALUE, never written to its configuration); a cluster already running
+# keeps the settings it was started with (`stop` it first).
 set -euo pipefail
 
 log() { echo "pg-cluster: $*" >&2; }
@@ -157,8 +161,13 @@ HBA
     fi
     echo "$port" >"$dir/port"
     chmod 644 "$dir/port"
+    settings=""
+    for setting in ${TRACEPOST_PG_SETTINGS:-}; do
+        [[ $setting =~ ^[a-z_.]+=[A-Za-z0-9_.]+$ ]] || { log "TRACEPOST_PG_SETTINGS: not NAME=VALUE: $setting"; exit 2; }
+        settings+=" -c $setting"
+    done
     as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
-        -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir -c max_connections=300" start >&2 9>&- \
+        -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir -c max_connections=300$settings" start >&2 9>&- \
         || { tail -20 "$dir/postgres.log" >&2; exit 1; }
     log "cluster $name listening on 127.0.0.1:$port"
     url_of

@@ -74,6 +74,20 @@ pub struct LoadgenArgs {
     /// measured (holds all requests in memory: about 450 bytes per span). HTTP only.
     #[arg(long)]
     pub pregenerate: bool,
+    /// Plant rare values instead of sending the load: --plant-traces traces, one export request each, each a
+    /// generated trace (same shape as the load's) one span of which carries the string attribute
+    /// `KEY=PREFIX<n>` (n = 0, 1, ...): a value no other span has. Their starts are spread evenly over
+    /// --plant-between. Prints one `PLANTED trace_id=.. service=.. key=.. value=.. start_ns=..` line per
+    /// trace (the service is the one of the span carrying the value), for `tracepost querybench --planted`.
+    #[arg(long, value_name = "KEY=PREFIX")]
+    pub plant: Option<String>,
+    /// Traces --plant sends.
+    #[arg(long, default_value_t = 20)]
+    pub plant_traces: u64,
+    /// Where --plant puts its traces: `START_NS..END_NS`, Unix nanoseconds (the `start_ns` and `end_ns` of a
+    /// load's RESULT line); default the minute before now.
+    #[arg(long, value_name = "START_NS..END_NS")]
+    pub plant_between: Option<String>,
 }
 
 /// The services of the generated mesh: (service, namespace, cluster).
@@ -425,6 +439,154 @@ fn process_cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// One planted trace: its spans (as one export request) and what `PLANTED` says of it.
+struct Planted {
+    request: ExportTraceServiceRequest,
+    trace_id: [u8; 16],
+    service: String,
+    value: String,
+    start_ns: u64,
+}
+
+/// Planted trace number `number` of `--plant KEY=PREFIX`, starting at `start_ns`: the first trace of a
+/// generated request, attribute `key=PREFIX<number>` added to one of its spans.
+fn planted_trace(
+    args: &LoadgenArgs,
+    resources: &[Resource],
+    key: &str,
+    prefix: &str,
+    number: u64,
+    start_ns: u64,
+) -> Planted {
+    let shape = LoadgenArgs {
+        request_spans: 40,
+        seed: args.seed ^ 0x706c_616e_7400_0000 ^ number,
+        ..args.clone()
+    };
+    let mut generated = generate_request(&shape, resources, 0, start_ns);
+    let trace_id = generated.first_trace_id;
+    for resource_spans in &mut generated.request.resource_spans {
+        for scope in &mut resource_spans.scope_spans {
+            scope.spans.retain(|span| span.trace_id == trace_id);
+        }
+    }
+    generated
+        .request
+        .resource_spans
+        .retain(|resource_spans| resource_spans.scope_spans.iter().any(|scope| !scope.spans.is_empty()));
+    let span_count: u64 = generated
+        .request
+        .resource_spans
+        .iter()
+        .flat_map(|resource_spans| &resource_spans.scope_spans)
+        .map(|scope| scope.spans.len() as u64)
+        .sum();
+    let mut chosen = (number.wrapping_mul(7) % span_count.max(1)) as usize;
+    let value = format!("{prefix}{number}");
+    let (mut service, mut planted_start) = (String::new(), start_ns);
+    'found: for resource_spans in &mut generated.request.resource_spans {
+        for scope in &mut resource_spans.scope_spans {
+            if chosen >= scope.spans.len() {
+                chosen -= scope.spans.len();
+                continue;
+            }
+            let span = &mut scope.spans[chosen];
+            span.attributes.push(string_attribute(key, value.clone()));
+            planted_start = span.start_time_unix_nano;
+            service = resource_spans
+                .resource
+                .as_ref()
+                .and_then(|resource| resource.attributes.iter().find(|kv| kv.key == "service.name"))
+                .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                    any_value::Value::StringValue(text) => Some(text.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            break 'found;
+        }
+    }
+    Planted {
+        request: generated.request,
+        trace_id,
+        service,
+        value,
+        start_ns: planted_start,
+    }
+}
+
+/// `--plant`: sends the planted traces one request at a time (over HTTP or gRPC, as --protocol says) and
+/// prints a `PLANTED` line for each.
+async fn plant_rare_values(
+    args: &LoadgenArgs,
+    plant: &str,
+    resources: &[Resource],
+    now_base: u64,
+) -> anyhow::Result<()> {
+    let (key, prefix) = plant.split_once('=').context("--plant is KEY=PREFIX")?;
+    let (from, to) = match &args.plant_between {
+        Some(text) => {
+            let (from, to) = text.split_once("..").context("--plant-between is START_NS..END_NS")?;
+            (from.trim().parse::<u64>()?, to.trim().parse::<u64>()?)
+        }
+        None => (now_base, now_base + 60_000_000_000),
+    };
+    anyhow::ensure!(from < to, "--plant-between: the start must be before the end");
+    let endpoint = args.endpoint.clone().unwrap_or_else(|| match args.protocol {
+        Protocol::Http => "http://127.0.0.1:4318".into(),
+        Protocol::Grpc => "http://127.0.0.1:4317".into(),
+    });
+    let mut client = match args.protocol {
+        Protocol::Http => Client::Http {
+            client: hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http(),
+            uri: format!("{}/v1/traces", endpoint.trim_end_matches('/'))
+                .parse()
+                .context("invalid --endpoint")?,
+        },
+        Protocol::Grpc => Client::Grpc(Box::new(
+            TraceServiceClient::connect(endpoint.clone())
+                .await
+                .with_context(|| format!("connecting to {endpoint}"))?,
+        )),
+    };
+    let count = args.plant_traces.max(1);
+    for number in 0..count {
+        // Evenly spread, the first at `from`, none later than `to` less a trace's length.
+        let start_ns = from + (to - from) / count * number;
+        let planted = planted_trace(args, resources, key, prefix, number, start_ns);
+        let mut attempt = 0;
+        loop {
+            match client.send(&Payload::Message(planted.request.clone())).await {
+                Ok(response) => {
+                    if let Some(partial) = response.partial_success.filter(|partial| partial.rejected_spans > 0) {
+                        anyhow::bail!(
+                            "planted trace {number}: {} spans rejected: {}",
+                            partial.rejected_spans,
+                            partial.error_message
+                        );
+                    }
+                    break;
+                }
+                Err(SendError::Retryable(message)) if attempt < 8 => {
+                    attempt += 1;
+                    tracing::debug!(%message, "retrying export");
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+                Err(SendError::Retryable(message) | SendError::Fatal(message)) => {
+                    anyhow::bail!("planted trace {number}: export failed: {message}")
+                }
+            }
+        }
+        println!(
+            "PLANTED trace_id={} service={} key={key} value={} start_ns={}",
+            hex(&planted.trace_id),
+            planted.service,
+            planted.value,
+            planted.start_ns
+        );
+    }
+    Ok(())
+}
+
 /// The requests `tracepost loadgen` would send for `args` (same seed, same spans), encoded as protobuf:
 /// for benchmarks that feed the collector's conversion directly.
 pub fn encoded_requests(args: &LoadgenArgs) -> Vec<Vec<u8>> {
@@ -444,6 +606,9 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
     let requests = args.spans.div_ceil(args.request_spans.max(1) as u64);
     let resources: Arc<Vec<Resource>> = Arc::new((0..SERVICES.len() * REPLICAS).map(pod_resource).collect());
     let base_nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as u64 - 60_000_000_000;
+    if let Some(plant) = &args.plant {
+        return plant_rare_values(&args, plant, &resources, base_nanos).await;
+    }
     if let Some(path) = &args.copy_text_out {
         let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
         let mut out = std::io::BufWriter::new(file);
@@ -626,7 +791,10 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
     );
     println!("  latency (ms):       p50 {p50}   p90 {p90}   p99 {p99}   max {max}   (per acknowledged request, its last attempt from send to answer)");
     println!("  sample trace id:    {sample}");
-    println!("RESULT spans={acked} elapsed_s={elapsed:.3} rate={:.0} loadgen_cpu_s={cpu:.2} failed={failed} trace_id={sample} p50_ms={p50} p90_ms={p90} p99_ms={p99} max_ms={max}", acked as f64 / elapsed);
+    // Request N's traces start from base + N ms (see `generate_request`), each at most ~250 ms long.
+    let (first_ns, last_ns) = (base_nanos, base_nanos + requests * 1_000_000);
+    println!("  span starts:        {first_ns} .. {last_ns} (Unix ns)");
+    println!("RESULT spans={acked} elapsed_s={elapsed:.3} rate={:.0} loadgen_cpu_s={cpu:.2} failed={failed} trace_id={sample} p50_ms={p50} p90_ms={p90} p99_ms={p99} max_ms={max} start_ns={first_ns} end_ns={last_ns}", acked as f64 / elapsed);
     if failed > 0 {
         anyhow::bail!("{failed} export request(s) failed");
     }
@@ -651,6 +819,9 @@ mod tests {
             dry_run: true,
             quiet: true,
             pregenerate: false,
+            plant: None,
+            plant_traces: 20,
+            plant_between: None,
         }
     }
 
@@ -713,6 +884,31 @@ mod tests {
                     "{asked} asked"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn a_planted_trace_is_one_trace_with_the_value_on_one_span() {
+        let resources: Vec<Resource> = (0..SERVICES.len() * REPLICAS).map(pod_resource).collect();
+        for number in 0..30 {
+            let planted = planted_trace(&args(), &resources, "order.id", "rare-", number, 5_000_000_000);
+            let spans: Vec<&Span> = planted
+                .request
+                .resource_spans
+                .iter()
+                .flat_map(|r| r.scope_spans.iter())
+                .flat_map(|s| s.spans.iter())
+                .collect();
+            assert!((4..=40).contains(&spans.len()));
+            assert!(spans.iter().all(|span| span.trace_id == planted.trace_id));
+            let carrying: Vec<&&Span> = spans
+                .iter()
+                .filter(|span| span.attributes.iter().any(|kv| kv.key == "order.id"))
+                .collect();
+            assert_eq!(carrying.len(), 1);
+            assert_eq!(carrying[0].start_time_unix_nano, planted.start_ns);
+            assert_eq!(planted.value, format!("rare-{number}"));
+            assert!(SERVICES.iter().any(|(service, _, _)| *service == planted.service));
         }
     }
 

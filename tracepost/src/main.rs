@@ -36,7 +36,7 @@ enum Command {
     Migrate(DatabaseArgs),
     /// Send Linkerd-shaped OTLP traffic to a collector.
     Loadgen(loadgen::LoadgenArgs),
-    /// Measure query API latency (p50/p99) against stored spans.
+    /// Measure query API latency (p50/p99/max) against stored spans; with --planted, check rare-value searches.
     Querybench(tracepost::querybench::QuerybenchArgs),
 }
 
