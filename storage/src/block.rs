@@ -953,7 +953,7 @@ mod tests {
     /// one is not in the others (the collision measured with one fixed layout hit 6.7 % of all blocks).
     #[test]
     fn false_positives_do_not_repeat_across_blocks() {
-        let mut items: Vec<u64> = (0..200).map(|i| attribute_item("common", &i.to_string())).collect();
+        let items: Vec<u64> = (0..200).map(|i| attribute_item("common", &i.to_string())).collect();
         let blooms: Vec<(i64, Vec<u8>)> = (0..1000)
             .map(|index| {
                 let salt = block_id_of(&(index as u64).to_le_bytes());
