@@ -253,14 +253,19 @@ pub fn bloom_condition(column: &str, block_id: &str, h1: usize, h2: usize) -> St
         .join(" AND ")
 }
 
+/// The size of a bloom filter over `distinct` items.
+fn bloom_bytes(distinct: usize) -> usize {
+    (distinct * BLOOM_BITS_PER_ITEM)
+        .div_ceil(8)
+        .next_power_of_two()
+        .clamp(BLOOM_MIN_BYTES, BLOOM_MAX_BYTES)
+}
+
 /// A bloom filter over distinct `items` (sorted and deduplicated here) for a block whose salt is `salt`.
 pub fn build_bloom(items: &mut Vec<u64>, salt: i64) -> Vec<u8> {
     items.sort_unstable();
     items.dedup();
-    let bytes = (items.len() * BLOOM_BITS_PER_ITEM)
-        .div_ceil(8)
-        .next_power_of_two()
-        .clamp(BLOOM_MIN_BYTES, BLOOM_MAX_BYTES);
+    let bytes = bloom_bytes(items.len());
     let mask = (bytes * 8 - 1) as i64;
     let mut bloom = vec![0u8; bytes];
     for &item in items.iter() {
@@ -436,6 +441,13 @@ fn block_id_of(spans: &[u8]) -> i64 {
     hasher.finish() as i64
 }
 
+/// A span's detail, encoded or to encode.
+#[derive(Clone, Copy)]
+enum Detail<'a> {
+    Encoded(&'a [u8]),
+    Message(&'a SpanDetail),
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     trace_id: TraceId,
@@ -492,13 +504,15 @@ impl BlockBuilder {
         self.span_count
     }
 
-    /// Bytes held, for memory accounting.
+    /// Bytes held, for memory accounting, including what [`BlockBuilder::finish`] will need: the rows are
+    /// written while the arenas they are copied from still exist, so twice the arenas.
     pub fn held_bytes(&self) -> usize {
         self.groups
             .iter()
             .map(|group| {
-                group.arena.capacity()
-                    + group.entries.capacity() * std::mem::size_of::<Entry>()
+                2 * group.arena.capacity()
+                    // The entries, and the trace index rows written from them (46 bytes a trace at most).
+                    + group.entries.capacity() * (std::mem::size_of::<Entry>() + 46)
                     + group.items.capacity() * 8
             })
             .sum()
@@ -507,6 +521,10 @@ impl BlockBuilder {
     /// Adds a span whose `detail` is already encoded (a [`SpanDetail`]); `route` is the template the metrics
     /// name it by, if any. The span's name must already be safe for a `text` value.
     pub fn push(&mut self, context: RowContext<'_>, row: &RowSpan<'_>, detail: &[u8], route: Option<&str>) {
+        self.push_detail(context, row, Detail::Encoded(detail), route);
+    }
+
+    fn push_detail(&mut self, context: RowContext<'_>, row: &RowSpan<'_>, detail: Detail<'_>, route: Option<&str>) {
         let day = day_of(i64::try_from(row.start_time_unix_nano).unwrap_or(i64::MAX));
         let group = self.group(context, day);
         let offset = group.arena.len();
@@ -531,8 +549,21 @@ impl BlockBuilder {
         }
         put_key(arena, 8, 1);
         arena.put_i64_le(context.resource_id);
-        if !detail.is_empty() {
-            put_field_bytes(arena, 9, detail);
+        // The detail is written straight into the arena, never into a buffer of its own first.
+        let detail_length = match detail {
+            Detail::Encoded(bytes) => bytes.len(),
+            Detail::Message(message) => message.encoded_len(),
+        };
+        let mut detail_range = arena.len()..arena.len();
+        if detail_length > 0 {
+            put_key(arena, 9, 2);
+            put_varint(arena, detail_length as u64);
+            let start = arena.len();
+            match detail {
+                Detail::Encoded(bytes) => arena.extend_from_slice(bytes),
+                Detail::Message(message) => message.encode_raw(arena),
+            }
+            detail_range = start..arena.len();
         }
         let route = route.filter(|route| *route != row.name);
         if let Some(route) = route {
@@ -550,7 +581,7 @@ impl BlockBuilder {
         if let Some(route) = route {
             group.items.push(name_item(route));
         }
-        detail_items(detail, &mut group.items);
+        detail_items(&group.arena[detail_range], &mut group.items);
         if group.resource_ids.last() != Some(&context.resource_id) && !group.resource_ids.contains(&context.resource_id)
         {
             group.resource_ids.push(context.resource_id);
@@ -570,8 +601,7 @@ impl BlockBuilder {
             kind: span.kind,
             status_code: span.status_code,
         };
-        let detail = span.detail.encode_to_vec();
-        self.push(context, &row, &detail, route);
+        self.push_detail(context, &row, Detail::Message(&span.detail), route);
     }
 
     fn group(&mut self, context: RowContext<'_>, day: i32) -> &mut Group {
@@ -591,8 +621,8 @@ impl BlockBuilder {
     /// `resources` are the request's resources: their attributes go into the bloom filters of the blocks whose
     /// spans reference them.
     pub fn finish(self, resources: &[ResourceRow]) -> (Bytes, Bytes) {
-        let mut blocks = BytesMut::with_capacity(self.groups.iter().map(|group| group.arena.len() + 256).sum());
-        let mut index = BytesMut::with_capacity(self.span_count * 48);
+        let mut blocks = BytesMut::new();
+        let mut index = BytesMut::new();
         let mut by_resource: HashMap<i64, Vec<u64>> = HashMap::new();
         for resource in resources {
             by_resource.entry(resource.id).or_insert_with(|| {
@@ -613,18 +643,19 @@ impl BlockBuilder {
             group
                 .entries
                 .sort_unstable_by_key(|entry| (entry.trace_id, entry.start));
-            let mut spans = Vec::with_capacity(group.arena.len() + group.entries.len() * 3);
-            for entry in &group.entries {
-                put_field_bytes(&mut spans, 1, &group.arena[entry.offset..entry.offset + entry.length]);
-            }
             let first = group.entries.iter().map(|entry| entry.start).min().unwrap_or(0);
             let last = group.entries.iter().map(|entry| entry.start).max().unwrap_or(0);
             let shortest = group.entries.iter().map(|entry| entry.duration).min().unwrap_or(0);
             let longest = group.entries.iter().map(|entry| entry.duration).max().unwrap_or(0);
-            let block_id = block_id_of(&spans);
-            let bloom = build_bloom(&mut group.items, bloom_salt(block_id));
+            group.items.sort_unstable();
+            group.items.dedup();
+            // The row is written in place, with the block ID and the bloom filter (which depend on the spans)
+            // filled in after the spans: the spans are copied once, from the arena into the row.
+            blocks.reserve(group.arena.len() + group.entries.len() * 4 + bloom_bytes(group.items.len()) + 256);
             blocks.put_i16(10);
-            put_i64(&mut blocks, block_id);
+            blocks.put_i32(8);
+            let id_at = blocks.len();
+            blocks.put_i64(0);
             put_i64(&mut blocks, clamp(first));
             put_i64(&mut blocks, clamp(last));
             put_bytes(&mut blocks, group.service.as_bytes());
@@ -635,8 +666,29 @@ impl BlockBuilder {
             put_i32(&mut blocks, i32::try_from(group.entries.len()).unwrap_or(i32::MAX));
             put_i64(&mut blocks, clamp(shortest));
             put_i64(&mut blocks, clamp(longest));
-            put_bytes(&mut blocks, &bloom);
-            put_bytes(&mut blocks, &spans);
+            let bloom_len = bloom_bytes(group.items.len());
+            blocks.put_i32(bloom_len as i32);
+            let bloom_at = blocks.len();
+            blocks.put_bytes(0, bloom_len);
+            let length_at = blocks.len();
+            blocks.put_i32(0);
+            let spans_at = blocks.len();
+            let mut varint = Vec::with_capacity(10);
+            for entry in &group.entries {
+                varint.clear();
+                put_key(&mut varint, 1, 2);
+                put_varint(&mut varint, entry.length as u64);
+                blocks.put_slice(&varint);
+                blocks.put_slice(&group.arena[entry.offset..entry.offset + entry.length]);
+            }
+            drop(std::mem::take(&mut group.arena));
+            let spans_len = i32::try_from(blocks.len() - spans_at).unwrap_or(i32::MAX);
+            blocks[length_at..spans_at].copy_from_slice(&spans_len.to_be_bytes());
+            let block_id = block_id_of(&blocks[spans_at..]);
+            blocks[id_at..id_at + 8].copy_from_slice(&block_id.to_be_bytes());
+            let bloom = build_bloom(&mut group.items, bloom_salt(block_id));
+            blocks[bloom_at..bloom_at + bloom_len].copy_from_slice(&bloom);
+            index.reserve(group.entries.chunk_by(|a, b| a.trace_id == b.trace_id).count() * 46);
             for trace in group.entries.chunk_by(|a, b| a.trace_id == b.trace_id) {
                 index.put_i16(4);
                 put_bytes(&mut index, &trace[0].trace_id.0);
