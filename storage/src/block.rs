@@ -504,18 +504,19 @@ impl BlockBuilder {
         self.span_count
     }
 
-    /// Bytes held, for memory accounting, including what [`BlockBuilder::finish`] will need: the rows are
-    /// written while the arenas they are copied from still exist, so twice the arenas.
+    /// Bytes held, for memory accounting. [`BlockBuilder::finish`] writes each block's row while that block's
+    /// arena still exists (and frees it after), so it briefly needs one arena more than this: the reservation
+    /// the caller shrinks to the finished rows covers it only in part (see ARCHITECTURE.md, "Bounded memory").
     pub fn held_bytes(&self) -> usize {
         self.groups
             .iter()
             .map(|group| {
-                2 * group.arena.capacity()
+                group.arena.capacity()
                     // The entries, and the trace index rows written from them (46 bytes a trace at most).
                     + group.entries.capacity() * (std::mem::size_of::<Entry>() + 46)
                     + group.items.capacity() * 8
             })
-            .sum()
+            .sum::<usize>()
     }
 
     /// Adds a span whose `detail` is already encoded (a [`SpanDetail`]); `route` is the template the metrics
