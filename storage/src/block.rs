@@ -504,19 +504,27 @@ impl BlockBuilder {
         self.span_count
     }
 
-    /// Bytes held, for memory accounting. [`BlockBuilder::finish`] writes each block's row while that block's
-    /// arena still exists (and frees it after), so it briefly needs one arena more than this: the reservation
-    /// the caller shrinks to the finished rows covers it only in part (see ARCHITECTURE.md, "Bounded memory").
+    /// Bytes held, for memory accounting, including what [`BlockBuilder::finish`] will need: each block's
+    /// row is written while that block's arena still exists (and freed after), so the arenas plus the
+    /// largest of them.
     pub fn held_bytes(&self) -> usize {
-        self.groups
+        let largest = self
+            .groups
             .iter()
-            .map(|group| {
-                group.arena.capacity()
+            .map(|group| group.arena.capacity())
+            .max()
+            .unwrap_or(0);
+        largest
+            + self
+                .groups
+                .iter()
+                .map(|group| {
+                    group.arena.capacity()
                     // The entries, and the trace index rows written from them (46 bytes a trace at most).
                     + group.entries.capacity() * (std::mem::size_of::<Entry>() + 46)
                     + group.items.capacity() * 8
-            })
-            .sum::<usize>()
+                })
+                .sum::<usize>()
     }
 
     /// Adds a span whose `detail` is already encoded (a [`SpanDetail`]); `route` is the template the metrics

@@ -388,9 +388,10 @@ async fn values_postgres_would_refuse_are_stored_safely_and_come_back_unchanged(
 async fn overload_is_refused_with_retryable_errors_and_nothing_is_lost() {
     let database = TestDatabase::create("overload").await;
     let mut config = config(&database);
-    // An ingest memory budget of 64 KiB: the first request's rows (about 20 KiB) stay held while the table is
-    // locked, and a request needs about three times its body while it is decoded.
-    config.pipeline.max_inflight_bytes = 64 * 1024;
+    // An ingest memory budget of 128 KiB: the first request's rows (about 28 KiB) stay held while the table is
+    // locked, and a request needs about four times its body while it is converted (twice the body to decode,
+    // twice its block's bytes to lay out and write), so the second one does not fit beside them.
+    config.pipeline.max_inflight_bytes = 128 * 1024;
     config.pipeline.admission_wait = Duration::from_millis(200);
     config.pipeline.retry_budget = Duration::from_secs(8);
     let app = tracepost::start(tracepost::Role::Serve, config).await.expect("start");
@@ -402,8 +403,10 @@ async fn overload_is_refused_with_retryable_errors_and_nothing_is_lost() {
         .await
         .expect("lock");
 
-    let big: Vec<Span> = (1..=20u8).map(|id| span(&"n".repeat(900), id)).collect();
-    let second: Vec<Span> = (30..=50u8).map(|id| span(&"m".repeat(800), id)).collect();
+    let first_spans: u8 = 30;
+    let second_spans: u8 = 30;
+    let big: Vec<Span> = (1..=first_spans).map(|id| span(&"n".repeat(900), id)).collect();
+    let second: Vec<Span> = (100..100 + second_spans).map(|id| span(&"m".repeat(800), id)).collect();
     let endpoint = grpc_endpoint(&app);
     let first = tokio::spawn({
         let endpoint = endpoint.clone();
@@ -416,7 +419,7 @@ async fn overload_is_refused_with_retryable_errors_and_nothing_is_lost() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let page = metrics_page(&app).await;
-        if metric_value(&page, "tracepost_pending_spans") >= 20.0 {
+        if metric_value(&page, "tracepost_pending_spans") >= f64::from(first_spans) {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "first request never admitted");
@@ -444,7 +447,7 @@ async fn overload_is_refused_with_retryable_errors_and_nothing_is_lost() {
         .expect("task")
         .expect("the admitted request commits once the table is free");
     assert!(first.into_inner().partial_success.is_none());
-    assert_eq!(database.span_rows().await, 20);
+    assert_eq!(database.span_rows().await, i64::from(first_spans));
 
     let page = metrics_page(&app).await;
     assert_eq!(
