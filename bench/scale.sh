@@ -6,9 +6,9 @@
 #   bench/scale.sh [SPANS] [REQUESTS]      (default 100000000 and 200)
 #
 # Needs about 25 GB of free disk for PostgreSQL (~200 bytes a span plus WAL) and, on 2 cores, some 10-20
-# minutes of loading at 100-200k spans/s, plus the VACUUM ANALYZE and ~10 minutes of queries. The load runs
-# longer than the collector's 10-minute partition maintenance interval, so partitions are ANALYZEd during
-# it (by design): the statistics printed before pass 1 show which. The private cluster is `querybench`, as
+# minutes of loading at 100-200k spans/s, plus the VACUUM ANALYZE and ~10 minutes of queries. The load sets
+# the collector's partition maintenance interval to a day, so nothing is ANALYZEd before pass 1 (the
+# statistics printed before it show so). The private cluster is `querybench`, as
 # for bench/query.sh (the 100M database replaces a 10M one); TRACEPOST_BENCH_KEEP=1 reuses a loaded one.
 set -euo pipefail
 exec "$(dirname "$0")/query.sh" "${1:-100000000}" "${2:-200}"

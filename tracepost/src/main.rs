@@ -130,6 +130,9 @@ struct ServeArgs {
     /// How long spans are kept (partitions older than this are dropped), e.g. 7d, 36h.
     #[arg(long, env = "TRACEPOST_RETENTION", default_value = "7d", value_parser = parse_retention)]
     retention: Duration,
+    /// How often the collector creates and drops partitions and ANALYZEs the ones it wrote (first run at start).
+    #[arg(long, env = "TRACEPOST_PARTITION_MAINTENANCE_INTERVAL", default_value = "10m", value_parser = parse_maintenance_interval)]
+    partition_maintenance_interval: Duration,
     /// Do not apply migrations at start (run `tracepost migrate` as a Job instead).
     #[arg(long, env = "TRACEPOST_SKIP_MIGRATIONS")]
     skip_migrations: bool,
@@ -250,6 +253,7 @@ impl ServeArgs {
         config.listeners = self.listener_config();
         config.cluster_name = self.cluster_name.clone().filter(|name| !name.is_empty());
         config.retention = self.retention;
+        config.maintenance_interval = self.partition_maintenance_interval;
         config.skip_migrations = self.skip_migrations;
         config.max_request_bytes = self.max_request_bytes;
         config.max_concurrent_requests = self.max_concurrent_requests as usize;
@@ -375,6 +379,15 @@ fn parse_short_duration(text: &str) -> Result<Duration, String> {
     let duration = parse_duration(text)?;
     if duration.is_zero() || duration > Duration::from_secs(600) {
         return Err(format!("duration {text:?} is out of range: between 1ms and 10m"));
+    }
+    Ok(duration)
+}
+
+/// The partition maintenance interval: from a minute to a day (partitions are made two days ahead).
+fn parse_maintenance_interval(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration < Duration::from_secs(60) || duration > Duration::from_secs(86_400) {
+        return Err(format!("interval {text:?} is out of range: between 1m and 1d"));
     }
     Ok(duration)
 }
