@@ -284,7 +284,6 @@ struct Generated {
     first_trace_id: [u8; 16],
     /// The first trace with a hop from a service of the mesh's first cluster to one of another cluster.
     crossing_trace_id: Option<[u8; 16]>,
-    span_count: u64,
 }
 
 /// One export request of a generated request: the cluster (an index into the mesh's clusters and the
@@ -423,7 +422,6 @@ fn generate_request(args: &LoadgenArgs, mesh: &Mesh, index: u64, base_nanos: u64
         request: ExportTraceServiceRequest { resource_spans },
         first_trace_id,
         crossing_trace_id,
-        span_count: spans as u64,
     }
 }
 
@@ -1118,7 +1116,7 @@ mod tests {
             };
             for index in 0..20 {
                 assert_eq!(
-                    generate_request(&args, &mesh, index, 1_000).span_count,
+                    span_count(&generate_request(&args, &mesh, index, 1_000).request),
                     sent,
                     "{asked} asked"
                 );
@@ -1175,7 +1173,7 @@ mod tests {
         let (mut hops, mut crossing_hops, mut apps_to_infra) = (0, 0, 0);
         for index in 0..20 {
             let generated = generate_request(&args(), &mesh, index, 1_000);
-            let (total, crossing_trace) = (generated.span_count, generated.crossing_trace_id);
+            let (total, crossing_trace) = (span_count(&generated.request), generated.crossing_trace_id);
             let exports = split_by_cluster(&mesh, generated.request);
             assert!(
                 exports.windows(2).all(|pair| pair[0].cluster < pair[1].cluster),
