@@ -329,7 +329,7 @@ log "starting a private PostgreSQL cluster ($pg_cluster)"
 pg_started=yes
 server=$(scripts/pg-cluster.sh start "$pg_cluster")
 pg_port=$(sed -E 's|.*@127\.0\.0\.1:([0-9]+)/.*|\1|' <<<"$server")
-psql "$server" -v ON_ERROR_STOP=1 -q \
+psql "$server" -v ON_ERROR_STOP=1 -q -c "SET client_min_messages = warning" \
     -c "DROP DATABASE IF EXISTS tracepost WITH (FORCE)" \
     -c "DO \$\$ BEGIN
             IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'tracepost') THEN
@@ -375,6 +375,7 @@ start victoria-metrics "$vm_bin" -httpListenAddr="127.0.0.1:$vm_port" -storageDa
 
 log "starting the postgres-rw-infra stand-in on 127.0.0.1:$forward_port -> 127.0.0.1:$pg_port"
 start postgres-rw-infra python3 scripts/tcp-forward.py "$forward_port" "127.0.0.1:$pg_port"
+wait_until 30 port_in_use "$forward_port" || fail "the postgres-rw-infra stand-in: not listening within 30 s"
 
 collector_flags=(--skip-migrations --service-graph-wait 2s --spool-max-bytes 134217728 --shutdown-grace 5s)
 log "starting the collectors: apps (through the stand-in) and infra (direct)"
@@ -390,7 +391,6 @@ start query env TRACEPOST_DATABASE_URL="$reader_url" TRACEPOST_LOG=info "$bin" q
     --metrics-query-url "http://127.0.0.1:$vm_port" --shutdown-grace 5s
 
 wait_until 60 ready "$vm_port" /health || fail "VictoriaMetrics /health: not within 60 s"
-wait_until 30 port_in_use "$forward_port" || fail "the postgres-rw-infra stand-in: not within 30 s"
 wait_until 60 ready "$apps_admin" || fail "collector apps /readyz: not within 60 s"
 wait_until 60 ready "$infra_admin" || fail "collector infra /readyz: not within 60 s"
 wait_until 60 ready "$query_port" || fail "query /readyz: not within 60 s"
@@ -433,21 +433,30 @@ $((infra_spans / 2)) {\"cluster\": \"infra\", \"k8s_cluster_name\": \"infra\"}"
     wait_until 30 red_matches ||
         fail "c) RED calls per cluster in VictoriaMetrics: ${red//$'\n'/; }; expected ${expected_red//$'\n'/; }"
     edge_query="sum by (cluster, client, client_k8s_cluster_name, server, server_k8s_cluster_name, connection_type) (traces_service_graph_request_total{client=\"$caller\", server=\"$callee_address\"})"
-    edge_appears() {
+    # The apps collector never sees the server half of an apps -> infra call, nor the infra collector its
+    # client half: each such call is one virtual-node edge on the apps side (client span expired after
+    # --service-graph-wait) and one unpaired server span on the infra side, and the reverse for infra -> apps.
+    edge_matches() {
         edge=$(py vm "http://127.0.0.1:$vm_port" "$edge_query")
-        grep -qF '"client_k8s_cluster_name": "apps", "cluster": "apps", "connection_type": "virtual_node"' <<<"$edge"
+        [[ $edge == "$calls {\"client\": \"$caller\", \"client_k8s_cluster_name\": \"apps\", \"cluster\": \"apps\", \"connection_type\": \"virtual_node\", \"server\": \"$callee_address\"}" ]]
     }
     edge=
-    wait_until 30 edge_appears ||
-        fail "c) no virtual-node edge $caller -> $callee_address from the apps collector in VictoriaMetrics: ${edge:-no series}"
-    unpaired_appears() {
+    wait_until 30 edge_matches ||
+        fail "c) expected the apps collector's virtual-node edge $caller -> $callee_address with the $calls calls of /api/dependencies in VictoriaMetrics: ${edge:-no series}"
+    halves_match() {
         unpaired=$(py vm "http://127.0.0.1:$vm_port" 'sum by (cluster) (tracepost_service_graph_unpaired_spans_total)')
-        grep -qE '^[1-9][0-9]* \{"cluster": "infra"\}$' <<<"$unpaired"
+        expired=$(py vm "http://127.0.0.1:$vm_port" 'sum by (cluster) (tracepost_service_graph_expired_client_spans_total)')
+        local unpaired_apps unpaired_infra expired_apps expired_infra
+        unpaired_apps=$(sed -nE 's/^([0-9]+) \{"cluster": "apps"\}$/\1/p' <<<"$unpaired")
+        unpaired_infra=$(sed -nE 's/^([0-9]+) \{"cluster": "infra"\}$/\1/p' <<<"$unpaired")
+        expired_apps=$(sed -nE 's/^([0-9]+) \{"cluster": "apps"\}$/\1/p' <<<"$expired")
+        expired_infra=$(sed -nE 's/^([0-9]+) \{"cluster": "infra"\}$/\1/p' <<<"$expired")
+        [[ -n $unpaired_infra && $unpaired_infra -gt 0 && $unpaired_infra == "$expired_apps" &&
+            -n $unpaired_apps && $unpaired_apps -gt 0 && $unpaired_apps == "$expired_infra" ]]
     }
-    unpaired=
-    wait_until 30 unpaired_appears ||
-        fail "c) no unpaired server spans from the infra collector in VictoriaMetrics: ${unpaired:-no series}"
-    expired=$(py vm "http://127.0.0.1:$vm_port" 'sum by (cluster) (tracepost_service_graph_expired_client_spans_total)')
+    unpaired='' expired=''
+    wait_until 30 halves_match ||
+        fail "c) expected as many unpaired server spans on each side as expired client spans on the other: unpaired ${unpaired//$'\n'/; }, expired ${expired//$'\n'/; }"
     virtual=$(py vm "http://127.0.0.1:$vm_port" 'sum by (cluster, client, server) (traces_service_graph_request_total{connection_type="virtual_node"})')
     direct=$(py vm "http://127.0.0.1:$vm_port" 'sum by (cluster, client, client_k8s_cluster_name, server, server_k8s_cluster_name) (traces_service_graph_request_total{connection_type=""})')
     cross_direct=$(grep -c -E '"client_k8s_cluster_name": "apps".*"server_k8s_cluster_name": "infra"|"client_k8s_cluster_name": "infra".*"server_k8s_cluster_name": "apps"' <<<"$direct" || true)
@@ -456,7 +465,7 @@ $((infra_spans / 2)) {\"cluster\": \"infra\", \"k8s_cluster_name\": \"infra\"}"
     log "c)     the cross-cluster call, as the apps collector reports it: ${edge//$'\n'/; }"
     log "c)     unpaired server spans per collector: ${unpaired//$'\n'/; }"
     log "c)     expired (unpaired) client spans per collector: ${expired//$'\n'/; }"
-    log "c)     direct edges across the clusters: none; virtual-node edges:"
+    log "c)     direct (paired) edges: $(grep -c . <<<"$direct") series, none across the clusters; virtual-node edges:"
     awk '{ print "        " $0 }' <<<"$virtual" >&2
 fi
 
