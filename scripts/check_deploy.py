@@ -982,8 +982,6 @@ class Checker:
                     self.report.fail(label, "the victorialogs Component provisions no data source with uid victorialogs")
             for cm in dbs:
                 self.check_dashboards(label, cm, uids)
-            self.grafana_uids = getattr(self, "grafana_uids", {})
-            self.grafana_uids[key] = uids
 
     def check_datasource_configmap(self, label, cm, uids):
         where = f"{label}: {obj_name(cm)}"
@@ -1002,6 +1000,8 @@ class Checker:
             for key in sorted(set(doc) - {"apiVersion", "datasources", "deleteDatasources", "prune"}):
                 self.report.fail(w, f"unknown top-level key `{key}`")
             for n, line in enumerate(text.splitlines(), 1):
+                if line.lstrip().startswith("#"):
+                    continue  # Grafana expands values, not comments
                 for m in re.finditer(r"(?<!\$)\$(\{)?(__[A-Za-z_.]*)", line):
                     self.report.fail(w, f"line {n}: `{m.group(0)}` — Grafana expands `$` in provisioning files from its "
                                      f"environment; write `${m.group(0)}`")
@@ -1202,11 +1202,17 @@ class Checker:
         url, raw = self.database_url(ct)
         if url is None:
             return
-        parsed = parse_pg_url(raw)
-        if parsed is None:
+        parsed, expanded = parse_pg_url(raw), parse_pg_url(url)
+        if parsed is None or expanded is None:
             self.report.fail(ct.where, f"database URL {redact(raw)!r} is neither postgres://… nor key=value")
             return
-        user, password, host, port, dbname = parsed
+        # credentials as written (placeholders); host, port and database as Kubernetes expands them
+        user, password = parsed[0], parsed[1]
+        host, port, dbname = expanded[2], expanded[3], expanded[4]
+        if KUBE_VAR.search(host) or KUBE_VAR.search(dbname):
+            self.report.fail(ct.where, f"database host/name {host!r}/{dbname!r} come from a Secret or an undefined "
+                             "variable, so they cannot be checked; set them as literal env values")
+            return
         want = DB_HOST_PREFIX.get((ct.sub, ct.view.name))
         if want and not host.startswith(want):
             what = {"postgres-rw.": "the primary service postgres-rw (infra)",
@@ -1382,6 +1388,7 @@ class Checker:
                     self.report.fail(ct.where, f"--cluster-name is {name!r}, not {cluster!r}")
             self.check_services(view, cts)
             self.check_linkerd(cluster, view, collectors)
+            self.check_linkerd_jaeger(view, collectors)
             self.check_vmservicescrape_targets(view)
             self.check_policy_targets(view, cts)
             self.check_grafana_targets(view, cts)
@@ -1485,6 +1492,38 @@ class Checker:
             name, _ = ct.setting("--cluster-name")
             if labels.get("k8s.cluster.name") and name != labels.get("k8s.cluster.name"):
                 self.report.fail(rel, f"k8s.cluster.name {labels.get('k8s.cluster.name')!r} but {ct.where} has --cluster-name {name!r}")
+
+    def check_linkerd_jaeger(self, view, collectors):
+        """Values for the linkerd-jaeger injector (Linkerd 2.17/2.18): the same collector, over OTLP."""
+        for name in sorted(os.listdir(os.path.join(self.root, "deploy/linkerd"))) if os.path.isdir(os.path.join(self.root, "deploy/linkerd")) else []:
+            rel = f"deploy/linkerd/{name}"
+            if not name.endswith((".yaml", ".yml")) or rel in LINKERD_VALUES.values():
+                continue
+            try:
+                values = yaml.safe_load(open(os.path.join(self.root, rel), encoding="utf-8")) or {}
+            except yaml.YAMLError:
+                continue  # reported by load_raw
+            hook = values.get("webhook") if isinstance(values, dict) else None
+            if not isinstance(hook, dict) or "collectorSvcAddr" not in hook:
+                continue
+            addr = str(hook.get("collectorSvcAddr"))
+            m = re.fullmatch(r"([a-z0-9.-]+):(\d+)", addr)
+            if not m:
+                self.report.fail(rel, f"webhook.collectorSvcAddr {addr!r} is not host:port")
+                continue
+            svc, ref = self.find_service(view, m.group(1))
+            if svc is None or int(m.group(2)) != OTLP_GRPC_PORT:
+                self.report.fail(rel, f"webhook.collectorSvcAddr {addr}: not the collector Service's port {OTLP_GRPC_PORT} in cluster {view.name}")
+            sa = hook.get("collectorSvcAccount")
+            for ct in collectors:
+                pod_sa = ct.pod_spec.get("serviceAccountName") or "default"
+                # the injector takes the ServiceAccount's namespace from the address's second label
+                if (sa, ref[1] if ref else None) != (pod_sa, ct.namespace):
+                    self.report.fail(rel, f"webhook.collectorSvcAccount {sa} (namespace {ref[1] if ref else '?'}) is not "
+                                     f"the collector's ServiceAccount {pod_sa} in {ct.namespace}")
+            if hook.get("collectorTraceProtocol") != "opentelemetry":
+                self.report.fail(rel, "webhook.collectorTraceProtocol must be opentelemetry (2.17 defaults to "
+                                 "opencensus, which tracepost does not receive)")
 
     def check_policy_targets(self, view, cts):
         for hpa in view.of_kind("HorizontalPodAutoscaler"):
@@ -1652,19 +1691,37 @@ class Checker:
                 frm = re.search(r"--from=(\S+)", flags)
                 if frm:
                     copies.append((frm.group(1), parts[:-1], parts[-1]))
-        binary = [(f, srcs, dst) for f, srcs, dst in copies if any(src.rstrip("/").endswith("target/release/tracepost") for src in srcs)]
-        if not binary:
-            self.report.fail(rel, "the runtime stage does not COPY --from=<build stage> …/target/release/tracepost")
-        for frm, srcs, dst in binary:
+        # The binary cargo writes, and where a RUN of its stage installs or copies it (`install … target/release/tracepost /out/`).
+        made = {}
+        for s in builders:
+            wd = s["workdir"] or "/"
+            paths = {os.path.normpath(os.path.join(wd, "target/release/tracepost"))}
+            for i, a in s["ins"]:
+                if i != "RUN":
+                    continue
+                for segment in re.split(r"&&|\|\||;", a):
+                    tokens = segment.split()
+                    if len(tokens) >= 3 and tokens[0] in ("install", "cp", "mv"):
+                        srcs = [t for t in tokens[1:-1] if os.path.normpath(os.path.join(wd, t)) in paths]
+                        if srcs:
+                            dst = tokens[-1] + ("tracepost" if tokens[-1].endswith("/") else "")
+                            paths.add(os.path.normpath(os.path.join(wd, dst)))
+            made[s["name"]] = paths
+        binary = []
+        for frm, srcs, dst in copies:
             src_stage = next((s for s in stages if s["name"] == frm or str(s["index"]) == frm), None)
-            if src_stage is None or src_stage not in builders:
-                self.report.fail(rel, f"COPY --from={frm}: not the stage that runs `cargo build`")
-            else:
-                workdir = src_stage["workdir"]
-                for src in srcs:
-                    want = os.path.normpath(os.path.join(workdir or "/", "target/release/tracepost"))
-                    if src.startswith("/") and os.path.normpath(src) != want:
-                        self.report.fail(rel, f"COPY --from={frm} {src}: the build stage's WORKDIR is {workdir}, so cargo writes {want}")
+            if src_stage is None or src_stage["name"] not in made:
+                continue
+            wd = src_stage["workdir"] or "/"
+            if any(os.path.normpath(os.path.join(wd, src)) in made[src_stage["name"]] for src in srcs):
+                binary.append((frm, srcs, dst))
+            elif any(src.rstrip("/").endswith("target/release/tracepost") for src in srcs):
+                self.report.fail(rel, f"COPY --from={frm} {' '.join(srcs)}: the build stage's WORKDIR is {wd}, so "
+                                 f"cargo writes {sorted(made[src_stage['name']])}")
+                binary.append((frm, srcs, dst))
+        if not binary:
+            self.report.fail(rel, "the runtime stage does not COPY --from=<build stage> the target/release/tracepost "
+                             "that `cargo build` writes (directly or as a RUN of that stage installs it)")
         users = [a for i, a in final["ins"] if i == "USER"]
         user = users[-1].strip() if users else None
         if user is None:
@@ -1716,18 +1773,20 @@ class Checker:
     # ---- all
 
     def run(self):
-        self.load_raw()
-        self.check_renders()
-        self.build_views()
-        self.check_core_schemas()
-        self.check_custom_resources()
-        self.check_flux()
-        self.check_grafana()
-        self.check_wiring()
-        self.check_secrets()
-        self.check_dockerfile()
-        self.check_image_vs_pods()
-        shutil.rmtree(self._tmp, ignore_errors=True)
+        steps = [self.load_raw, self.check_renders, self.build_views, self.check_core_schemas,
+                 self.check_custom_resources, self.check_flux, self.check_grafana, self.check_wiring,
+                 self.check_secrets, self.check_dockerfile, self.check_image_vs_pods]
+        try:
+            for step in steps:
+                try:
+                    step()
+                except Exception as e:  # one broken step must not hide what the others find
+                    import traceback
+                    where = traceback.extract_tb(e.__traceback__)[-1]
+                    self.report.fail(f"checker {step.__name__}", f"{type(e).__name__}: {e} (check_deploy.py:{where.lineno}); "
+                                     "the manifests have a shape the checker does not expect")
+        finally:
+            shutil.rmtree(self._tmp, ignore_errors=True)
         return self.report
 
 
@@ -2237,6 +2296,12 @@ proxy:
         serviceAccountName: tracepost
         namespace: tracepost
 """
+FIXTURE["deploy/linkerd/linkerd-jaeger-2.17.yaml"] = """\
+webhook:
+  collectorSvcAddr: tracepost.tracepost:4317
+  collectorSvcAccount: tracepost
+  collectorTraceProtocol: opentelemetry
+"""
 FIXTURE["deploy/Dockerfile"] = """\
 FROM rust:1.89-bookworm AS build
 WORKDIR /src
@@ -2315,6 +2380,9 @@ SELF_TESTS = [
     ("the cluster label not matching --cluster-name",
      _replace("deploy/linkerd/apps-values.yaml", "k8s.cluster.name: apps", "k8s.cluster.name: infra"),
      r"k8s.cluster.name is 'infra', not 'apps'"),
+    ("Linkerd 2.17 jaeger injector left on OpenCensus",
+     _replace("deploy/linkerd/linkerd-jaeger-2.17.yaml", "collectorTraceProtocol: opentelemetry", "collectorTraceProtocol: opencensus"),
+     r"collectorTraceProtocol must be opentelemetry"),
     ("a Flux dependsOn naming nothing",
      _replace("deploy/clusters/infra/tracepost.yaml", "dependsOn: [{name: tracepost-migrate}]", "dependsOn: [{name: tracepost-migration}]"),
      r"dependsOn flux-system/tracepost-migration is not a Kustomization of cluster infra"),
@@ -2360,7 +2428,12 @@ SELF_TESTS = [
      r"`cargo build` without --locked"),
     ("the image copying a debug binary",
      _replace("deploy/Dockerfile", "/src/target/release/tracepost", "/src/target/debug/tracepost"),
-     r"does not COPY --from=<build stage> …/target/release/tracepost"),
+     r"does not COPY --from=<build stage> the target/release/tracepost"),
+    ("the image copying what a RUN installed from elsewhere",
+     _chain(_replace("deploy/Dockerfile", "RUN cargo build --release --locked --bin tracepost",
+                     "RUN cargo build --release --locked --bin tracepost && install -D target/debug/tracepost /out/tracepost"),
+            _replace("deploy/Dockerfile", "/src/target/release/tracepost /usr", "/out/tracepost /usr")),
+     r"does not COPY --from=<build stage> the target/release/tracepost"),
     ("the image running as root",
      _replace("deploy/Dockerfile", "USER 65532:65532", "USER root"),
      r"runs as USER root"),
@@ -2416,11 +2489,16 @@ def run_self_test(kubectl, hadolint, helps, k8s_version):
         else:
             passed += 1
             print(f"ok - the fixture tree passes every check ({report.counts.get('renders', 0)} renders)")
-        for i, (name, mutate, expect) in enumerate(SELF_TESTS):
+        def case(i):
+            name, mutate, expect = SELF_TESTS[i]
             files = dict(FIXTURE)
             mutate(files)
             root = build(files, f"case{i}")
-            report = Checker(root, kubectl, hadolint, helps, k8s_version).run()
+            return Checker(root, kubectl, hadolint, helps, k8s_version).run()
+
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            reports = list(pool.map(case, range(len(SELF_TESTS))))
+        for (name, _mutate, expect), report in zip(SELF_TESTS, reports):
             hits = [f for f in report.failures if re.search(expect, f)]
             if hits:
                 passed += 1
@@ -2449,6 +2527,10 @@ def main():
     ap.add_argument("--hadolint-ignore", action="append", default=[], help="a hadolint rule to allow (repeatable)")
     ap.add_argument("--self-test", action="store_true", help="check the checker on fixtures instead of deploy/")
     args = ap.parse_args()
+    for tool in ("kubectl", "hadolint", "tracepost"):
+        path = getattr(args, tool)
+        if os.sep in path:  # the checks run tools from other directories
+            setattr(args, tool, os.path.abspath(path))
     helps = load_help(args.tracepost)
     if args.self_test:
         sys.exit(0 if run_self_test(args.kubectl, args.hadolint, helps, args.kubernetes_version) else 1)
