@@ -472,14 +472,25 @@ class Checker:
             return self.renders[key]
         target = os.path.join(self.root, relpath)
         if components:
+            # As Flux's spec.components does (it appends them to the path's kustomization): the Components'
+            # own resources get the entry point's namespace too.
             overlay = tempfile.mkdtemp(dir=self._tmp)
+            kustomization = {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(target, overlay)],
+                "components": [os.path.relpath(os.path.join(target, c), overlay) for c in components],
+            }
+            for name in ("kustomization.yaml", "kustomization.yml", "Kustomization"):
+                try:
+                    docs = load_yaml_docs(os.path.join(target, name))
+                except (OSError, yaml.YAMLError):
+                    continue
+                if docs and isinstance(docs[0], dict) and docs[0].get("namespace"):
+                    kustomization["namespace"] = docs[0]["namespace"]
+                break
             with open(os.path.join(overlay, "kustomization.yaml"), "w") as f:
-                yaml.safe_dump({
-                    "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                    "kind": "Kustomization",
-                    "resources": [os.path.relpath(target, overlay)],
-                    "components": [os.path.relpath(os.path.join(target, c), overlay) for c in components],
-                }, f)
+                yaml.safe_dump(kustomization, f)
             target = overlay
         out = subprocess.run([self.kubectl, "kustomize", target], capture_output=True, text=True, timeout=120)
         label = relpath + (f" + components {', '.join(components)}" if components else "")
@@ -1365,6 +1376,13 @@ class Checker:
                         self.report.fail(ct.where, "long-running role without --skip-migrations (or TRACEPOST_SKIP_MIGRATIONS=true): "
                                          "every replica would migrate at start; the migration is the Job's")
                 self.check_database(ct, db_names, roles)
+            role_names = {r.get("name") for r in roles}
+            for ct in cts:
+                if ct.sub == "migrate" and "--grant-read-to" in self.helps["migrate"].flags:
+                    value, _src = ct.setting("--grant-read-to")
+                    for role in [r for r in str(value or "").split(",") if r]:
+                        if roles and role not in role_names:
+                            self.report.fail(ct.where, f"--grant-read-to {role}: not a CloudNativePG managed role ({sorted(role_names)})")
             subs = [ct.sub for ct in cts]
             if "collector" not in subs:
                 self.report.fail(f"cluster {cluster}", "no `tracepost collector` workload")
@@ -2210,7 +2228,6 @@ apiVersion: kustomize.config.k8s.io/v1alpha1
 kind: Component
 configMapGenerator:
   - name: tracepost-datasource-victorialogs
-    namespace: monitoring
     files: [victorialogs.yaml]
     options: {disableNameSuffixHash: true, labels: {grafana_datasource: "1"}}
 """
