@@ -38,8 +38,28 @@ const ACCEPT_ENCODING: &str = "gzip,zstd,identity";
 pub fn grpc_router(ingest: Ingest) -> axum::Router {
     axum::Router::new()
         .route(EXPORT_PATH, axum::routing::post(export))
-        .fallback(|| async { status_response(Status::unimplemented("unknown method")) })
+        .fallback(not_export)
         .with_state(ingest)
+}
+
+/// Any other path. A gRPC call gets gRPC's `UNIMPLEMENTED`; anything else (an OTLP/HTTP exporter pointed at
+/// the gRPC port, whose POST to `/v1/traces` would otherwise see HTTP 200 and count its spans as sent) gets
+/// a 404 that says where OTLP/HTTP goes.
+async fn not_export(State(ingest): State<Ingest>, request: Request) -> Response {
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok());
+    if content_type.is_some_and(|value| value.starts_with("application/grpc")) {
+        return status_response(Status::unimplemented("unknown method"));
+    }
+    let error = ExportError::Decode(
+        "this is the OTLP/gRPC receiver: send OTLP/HTTP to the OTLP/HTTP receiver (port 4318 by default)".into(),
+    );
+    ingest.count_refusal(Transport::Grpc, &error);
+    let mut response = Response::new(Body::from(format!("{error}\n")));
+    *response.status_mut() = StatusCode::NOT_FOUND;
+    response
 }
 
 async fn export(State(ingest): State<Ingest>, request: Request) -> Response {

@@ -12,7 +12,7 @@ use crate::body::{self, Encoding};
 use crate::convert::Allowance;
 use crate::convert::{ConvertConfig, Converted};
 use crate::json::{self, convert_json_within, JsonError};
-use crate::metrics::{ReasonLabels, RefusalLabels, TransportLabels};
+use crate::metrics::{ExportLabels, ReasonLabels, RefusalLabels, TransportLabels};
 use crate::pipeline::BudgetError;
 use crate::pipeline::{IngestError, Pipeline, Reservation};
 use crate::wire::{self, convert_protobuf_within};
@@ -146,10 +146,19 @@ impl Ingest {
         transport: Transport,
     ) -> Result<ExportTraceServiceResponse, ExportError> {
         self.count_request(transport);
+        let started = Instant::now();
         let outcome = self.export_inner(request, transport).await;
         if let Err(error) = &outcome {
             self.count_refused_request(transport, error);
         }
+        self.inner
+            .metrics
+            .export_seconds
+            .get_or_create(&ExportLabels {
+                transport: transport.label(),
+                outcome: if outcome.is_ok() { "acknowledged" } else { "refused" },
+            })
+            .observe(started.elapsed().as_secs_f64());
         outcome
     }
 

@@ -23,6 +23,18 @@ pub struct RefusalLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExportLabels {
+    pub transport: &'static str,
+    /// `acknowledged` (durable: committed, or fsync'd in the spool) or `refused`.
+    pub outcome: &'static str,
+}
+
+/// Buckets of the export duration: 0.5 ms to ~16 s.
+fn export_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
 /// Collector metrics, registered under the `tracepost` prefix.
 #[derive(Clone, Debug)]
 pub struct CollectorMetrics {
@@ -40,6 +52,7 @@ pub struct CollectorMetrics {
     pub spans_failed: Counter,
     pub batch_write_seconds: Histogram,
     pub batch_spans: Histogram,
+    pub export_seconds: Family<ExportLabels, Histogram, fn() -> Histogram>,
     pub inflight_bytes: Gauge,
     pub pending_spans: Gauge,
     pub spool: SpoolMetrics,
@@ -148,6 +161,7 @@ impl Default for CollectorMetrics {
             spans_failed: Counter::default(),
             batch_write_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             batch_spans: Histogram::new(exponential_buckets(1.0, 4.0, 9)),
+            export_seconds: Family::new_with_constructor(export_histogram),
             inflight_bytes: Gauge::default(),
             pending_spans: Gauge::default(),
             spool: SpoolMetrics::default(),
@@ -220,6 +234,11 @@ impl CollectorMetrics {
             self.batch_write_seconds.clone(),
         );
         registry.register("batch_spans", "Spans per committed batch", self.batch_spans.clone());
+        registry.register(
+            "export_duration_seconds",
+            "Time from an OTLP request's arrival to its answer: acknowledged once durable, or refused",
+            self.export_seconds.clone(),
+        );
         registry.register(
             "inflight_bytes",
             "Encoded span bytes admitted and not yet committed",

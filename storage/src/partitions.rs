@@ -63,6 +63,53 @@ fn parse_partition_name(table: &str, name: &str) -> Option<i32> {
     Some(days_from_civil(year, month, day))
 }
 
+/// The size of one partition of a day-partitioned table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionSize {
+    /// The partitioned table: `span_blocks`, `trace_index` (and the per-span tables of schema versions < 5).
+    pub relation: String,
+    /// The day the partition holds (`YYYY-MM-DD`), or `default`.
+    pub day: String,
+    /// Heap, TOAST and indexes, in bytes.
+    pub bytes: i64,
+}
+
+/// Every partition of the day-partitioned tables and its size on disk, everything included: what a day of
+/// spans costs. Reads the catalogs only.
+pub async fn partition_sizes(database: &Database) -> Result<Vec<PartitionSize>, StorageError> {
+    let client = database.get().await?;
+    let tables: Vec<&str> = PARTITIONED_TABLES.iter().map(|(table, _)| *table).collect();
+    let rows = client
+        .query(
+            "SELECT parent.relname::text, child.relname::text, pg_total_relation_size(child.oid)
+             FROM pg_inherits
+             JOIN pg_class parent ON parent.oid = pg_inherits.inhparent
+             JOIN pg_class child ON child.oid = pg_inherits.inhrelid
+             WHERE parent.relname = ANY($1) AND parent.relnamespace = current_schema()::regnamespace
+             ORDER BY 1, 2",
+            &[&tables],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| {
+            let relation: String = row.get(0);
+            let partition: String = row.get(1);
+            let day = if partition == format!("{relation}_default") {
+                "default".to_owned()
+            } else {
+                let (year, month, day) = civil_from_days(parse_partition_name(&relation, &partition)?);
+                format!("{year:04}-{month:02}-{day:02}")
+            };
+            Some(PartitionSize {
+                relation,
+                day,
+                bytes: row.get(2),
+            })
+        })
+        .collect())
+}
+
 /// Creates the partitions for `today - 1 ..= today + days_ahead` and drops those wholly older than
 /// `retention`, if this instance wins the maintenance lock.
 pub async fn maintain(

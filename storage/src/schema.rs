@@ -111,6 +111,40 @@ async fn apply_pending(client: &mut deadpool_postgres::Client) -> Result<Vec<i32
     Ok(applied)
 }
 
+/// Grants `role` what the read-only query role needs, and nothing more: CONNECT on this database, USAGE on
+/// the schema, SELECT on every table there now and (default privileges of the role running this, which is
+/// the one that migrates) on every table later migrations add. Idempotent; the role must exist.
+pub async fn grant_read(database: &Database, role: &str) -> Result<(), StorageError> {
+    let client = database.get().await?;
+    let exists: bool = client
+        .query_one("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)", &[&role])
+        .await?
+        .get(0);
+    if !exists {
+        return Err(StorageError::Db {
+            message: format!("role {role:?} does not exist: create it (it needs LOGIN) before granting it read access"),
+            sqlstate: None,
+            connection_failed: false,
+        });
+    }
+    let name: String = client.query_one("SELECT current_database()", &[]).await?.get(0);
+    let (role, name) = (quote_identifier(role), quote_identifier(&name));
+    client
+        .batch_execute(&format!(
+            "GRANT CONNECT ON DATABASE {name} TO {role};
+             GRANT USAGE ON SCHEMA public TO {role};
+             GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role};
+             ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {role};"
+        ))
+        .await?;
+    Ok(())
+}
+
+/// `name` as a PostgreSQL identifier in double quotes, inner quotes doubled: any text names exactly itself.
+fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
 /// The newest applied migration, 0 when none is.
 pub async fn current_version(database: &Database) -> Result<i32, StorageError> {
     let client = database.get().await?;

@@ -403,7 +403,8 @@ async fn with_the_database_unreachable_at_start_it_listens_and_becomes_ready_whe
 }
 
 /// The report: `tracepost_spans_received_total` was never incremented and `tracepost_otlp_requests_total`
-/// counted only failures. Now both count every request and span, on both transports.
+/// counted only failures. Now both count every request and span, on both transports, and every answered
+/// request is timed in `tracepost_export_duration_seconds` (the acknowledgement latency) by its outcome.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_and_every_received_span_is_counted() {
     let database = TestDatabase::create("counted").await;
@@ -435,6 +436,26 @@ async fn every_request_and_every_received_span_is_counted() {
     assert_eq!(
         metric_value(&page, "tracepost_spans_received_total{transport=\"http\"}"),
         spans + 2.0
+    );
+    assert_eq!(
+        metric_value(
+            &page,
+            "tracepost_export_duration_seconds_count{transport=\"grpc\",outcome=\"acknowledged\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &page,
+            "tracepost_export_duration_seconds_count{transport=\"http\",outcome=\"acknowledged\"}"
+        ),
+        2.0
+    );
+    assert!(
+        metric_value(
+            &page,
+            "tracepost_export_duration_seconds_sum{transport=\"http\",outcome=\"acknowledged\"}"
+        ) > 0.0
     );
     app.stop().await.expect("clean shutdown");
 }

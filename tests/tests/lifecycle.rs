@@ -277,3 +277,37 @@ async fn shutdown_with_the_database_stuck_reports_uncommitted_spans() {
     );
     lock.rollback().await.expect("release");
 }
+
+/// A platform engineer's "database size per day" panel: every collector reports the size of each daily
+/// partition of the blocks and the trace index (and their default partitions) as
+/// `tracepost_storage_partition_bytes{relation, day}`, today's included, without waiting for a maintenance
+/// interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_reports_the_size_of_each_days_partitions() {
+    let database = TestDatabase::create("partition_bytes").await;
+    let app = serve(&database).await;
+    let (year, month, day) =
+        tracepost_storage::time::civil_from_days((now_unix_nanos().div_euclid(NANOS_PER_DAY)) as i32);
+    let today = format!("{year:04}-{month:02}-{day:02}");
+    let url = query_url(&app, "/metrics");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let page = loop {
+        let page = get_text(&url).await.1;
+        if page.contains("tracepost_storage_partition_bytes{") {
+            break page;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no partition sizes on the metrics page"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for relation in ["span_blocks", "trace_index"] {
+        for day in [today.as_str(), "default"] {
+            let sample = format!("tracepost_storage_partition_bytes{{relation=\"{relation}\",day=\"{day}\"}}");
+            // An empty partition still has its indexes' metapages: at least one 8 KiB page.
+            assert!(metric_value(&page, &sample) >= 8192.0, "{sample} in {page}");
+        }
+    }
+    app.stop().await.expect("clean shutdown");
+}

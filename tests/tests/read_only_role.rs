@@ -101,3 +101,58 @@ fn with_role(url: &str, role: &str) -> String {
     let rest = rest.split_once('@').map_or(rest, |(_, host)| host);
     format!("{scheme}://{role}@{rest}")
 }
+
+/// `tracepost migrate --grant-read-to ROLE` (`schema::grant_read`): an existing role gets read access and
+/// nothing more (it reads the stored blocks, a write through it is refused), granting twice is harmless, a
+/// role name needing quotes names itself, and a role that does not exist is refused with its name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_migration_grants_the_read_only_role_read_access_and_nothing_more() {
+    let database = TestDatabase::create("grant_read").await;
+    let collector = serve(&database).await;
+    let trace = sdk_trace("granted-svc");
+    export_grpc(&grpc_endpoint(&collector), &trace).await.expect("stored");
+
+    let role = format!("Tracepost RO {}", std::process::id());
+    let quoted = format!("\"{role}\"");
+    let admin = database.client().await;
+    admin
+        .batch_execute(&format!("DROP ROLE IF EXISTS {quoted}; CREATE ROLE {quoted} LOGIN"))
+        .await
+        .expect("create the role");
+    let pool = tracepost_storage::connect_pool(&DatabaseConfig::new(database.url.clone())).expect("pool");
+    let missing = tracepost_storage::schema::grant_read(&pool, "no_such_role_here")
+        .await
+        .expect_err("no such role");
+    assert!(
+        missing.to_string().contains("\"no_such_role_here\" does not exist"),
+        "{missing}"
+    );
+    for _ in 0..2 {
+        tracepost_storage::schema::grant_read(&pool, &role)
+            .await
+            .expect("granted");
+    }
+
+    let url = with_role(&database.url, &role.replace(' ', "%20"));
+    let reader = connect(&url).await;
+    let spans: i64 = reader
+        .query_one("SELECT coalesce(sum(span_count), 0)::int8 FROM span_blocks", &[])
+        .await
+        .expect("the role reads")
+        .get(0);
+    assert_eq!(spans, trace.spans.len() as i64);
+    let refused = reader
+        .batch_execute("DELETE FROM trace_index")
+        .await
+        .expect_err("no write access");
+    assert_eq!(
+        refused.code(),
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+    );
+    drop(reader);
+    collector.stop().await.expect("clean shutdown");
+    admin
+        .batch_execute(&format!("DROP OWNED BY {quoted}; DROP ROLE {quoted}"))
+        .await
+        .expect("drop the role");
+}

@@ -221,6 +221,35 @@ async fn undecodable_bodies_get_400_and_invalid_argument_with_a_reason() {
     app.stop().await.expect("clean shutdown");
 }
 
+/// A user who points an OpenTelemetry SDK's OTLP/HTTP exporter at the gRPC port (4317 instead of 4318) gets
+/// an export error saying where OTLP/HTTP goes, not an HTTP 200 that counts the spans as sent; the refusal is
+/// counted and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_exporter_pointed_at_the_grpc_port_is_told_so_not_acknowledged() {
+    let database = TestDatabase::create("http_on_grpc").await;
+    let app = serve(&database).await;
+    let trace = sdk_trace("wrong-port-svc");
+    let endpoint = format!("{}/v1/traces", grpc_endpoint(&app));
+    export_http(&endpoint, &trace, opentelemetry_otlp::Protocol::HttpBinary)
+        .await
+        .expect_err("refused, not acknowledged");
+    let (status, _, body) = post_otlp(&endpoint, "application/x-protobuf", None, Vec::new()).await;
+    assert_eq!(status, 404);
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("OTLP/gRPC receiver") && body.contains("4318"), "{body}");
+
+    let page = metrics_page(&app).await;
+    assert_eq!(
+        metric_value(
+            &page,
+            "tracepost_requests_refused_total{transport=\"grpc\",reason=\"decode_error\"}"
+        ),
+        2.0
+    );
+    assert_eq!(database.span_rows().await, 0);
+    app.stop().await.expect("clean shutdown");
+}
+
 /// Sends one raw gRPC message to TraceService/Export and returns (grpc-status, grpc-message).
 async fn raw_grpc_export(app: &tracepost::App, payload: &[u8]) -> (i32, String) {
     use http_body_util::{BodyExt, Full};

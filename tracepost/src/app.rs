@@ -10,6 +10,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use prometheus_client::metrics::{family::Family, gauge::Gauge};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -259,7 +260,18 @@ pub async fn start(role: Role, config: AppConfig) -> anyhow::Result<App> {
             &edges.otlp,
             shutdown_signal.clone(),
         ));
-        let maintenance = tokio::spawn(run_maintenance(pool.clone(), config.clone(), shutdown_signal.clone()));
+        let partition_bytes = PartitionBytes::default();
+        registry.register(
+            "tracepost_storage_partition_bytes",
+            "Bytes on disk (heap, TOAST, indexes) of each daily partition of tracepost's tables, refreshed with partition maintenance",
+            partition_bytes.clone(),
+        );
+        let maintenance = tokio::spawn(run_maintenance(
+            pool.clone(),
+            config.clone(),
+            partition_bytes,
+            shutdown_signal.clone(),
+        ));
         collector = Some((pipeline, tasks, maintenance));
     }
 
@@ -425,15 +437,44 @@ async fn maintain(pool: &Database, config: &AppConfig) -> Result<(), tracepost_s
         .map(|_| ())
 }
 
+/// `tracepost_storage_partition_bytes{relation, day}`.
+type PartitionBytes = Family<Vec<(String, String)>, Gauge>;
+
+/// Sets the partition sizes gauge to what the catalogs say now (partitions dropped since leave it). Every
+/// collector reports them, not only the one that maintains: dashboards take the max per day.
+async fn refresh_partition_bytes(pool: &Database, gauge: &PartitionBytes) {
+    match partitions::partition_sizes(pool).await {
+        Ok(sizes) => {
+            gauge.clear();
+            for size in sizes {
+                gauge
+                    .get_or_create(&vec![
+                        ("relation".to_owned(), size.relation),
+                        ("day".to_owned(), size.day),
+                    ])
+                    .set(size.bytes);
+            }
+        }
+        Err(error) => tracing::warn!(%error, "cannot read partition sizes"),
+    }
+}
+
 /// The collector role's background work: the dependency roll-up every `ROLLUP_INTERVAL`, partition
-/// maintenance every `maintenance_interval`. Both take advisory locks, so one instance does each.
-async fn run_maintenance(pool: Database, config: AppConfig, shutdown: watch::Receiver<bool>) {
+/// maintenance every `maintenance_interval`. Both take advisory locks, so one instance does each; each
+/// instance refreshes the partition sizes after each maintenance pass.
+async fn run_maintenance(
+    pool: Database,
+    config: AppConfig,
+    partition_bytes: PartitionBytes,
+    shutdown: watch::Receiver<bool>,
+) {
     let mut shutdown = shutdown;
     let mut partitions = tokio::time::interval(config.maintenance_interval);
     let mut rollup = tokio::time::interval(ROLLUP_INTERVAL);
     partitions.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     rollup.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     partitions.tick().await; // the first tick is immediate, and start-up already maintained partitions
+    refresh_partition_bytes(&pool, &partition_bytes).await;
     let stop = async move {
         let _ = shutdown.wait_for(|stopping| *stopping).await;
     };
@@ -444,6 +485,7 @@ async fn run_maintenance(pool: Database, config: AppConfig, shutdown: watch::Rec
                 if let Err(error) = maintain(&pool, &config).await {
                     tracing::warn!(%error, "partition maintenance failed, retrying at the next interval");
                 }
+                refresh_partition_bytes(&pool, &partition_bytes).await;
             }
             _ = rollup.tick() => {
                 let now = tracepost_storage::time::now_unix_nanos();

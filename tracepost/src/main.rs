@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand};
 use tracepost::listener::{ListenerConfig, TlsFiles};
@@ -33,11 +34,24 @@ enum Command {
     /// Run the query API only.
     Query(ServeArgs),
     /// Apply pending schema migrations and exit.
-    Migrate(DatabaseArgs),
+    Migrate(MigrateArgs),
     /// Send Linkerd-shaped OTLP traffic to a collector.
     Loadgen(loadgen::LoadgenArgs),
     /// Measure query API latency (p50/p99/max) against stored spans; with --planted, check rare-value searches.
     Querybench(tracepost::querybench::QuerybenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct MigrateArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    /// After migrating, grant this existing role read access (CONNECT, schema USAGE, SELECT on tracepost's
+    /// tables now and on those later migrations add) for `tracepost query`; repeatable.
+    #[arg(long = "grant-read-to", env = "TRACEPOST_GRANT_READ_TO", value_delimiter = ',')]
+    grant_read_to: Vec<String>,
+    /// Log format: text or json.
+    #[arg(long, env = "TRACEPOST_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 #[derive(Debug, Args)]
@@ -443,14 +457,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Collector(args) => (Role::Collector, args),
         Command::Query(args) => (Role::Query, args),
         Command::Migrate(args) => {
-            init_logging(false);
-            let pool = tracepost_storage::connect_pool(&args.config())?;
+            init_logging(args.log_format == "json");
+            let pool = tracepost_storage::connect_pool(&args.database.config())?;
             let applied = tracepost::app::migrate(&pool, Duration::from_secs(60)).await?;
             tracing::info!(
                 ?applied,
                 version = tracepost_storage::schema::REQUIRED_VERSION,
                 "schema is up to date"
             );
+            for role in &args.grant_read_to {
+                tracepost_storage::schema::grant_read(&pool, role)
+                    .await
+                    .with_context(|| format!("granting read access to {role:?}"))?;
+                tracing::info!(role, "read access granted");
+            }
             return Ok(());
         }
         Command::Loadgen(args) => return loadgen::run(args).await,
