@@ -2029,17 +2029,20 @@ spec:
         - {port: 4143, protocol: TCP}
         - {port: http-metrics, protocol: TCP}
 """
-FIXTURE["deploy/overlays/infra/kustomization.yaml"] = """\
+def overlay_fixture(cluster, host, resources):
+    """The fixture overlay of one cluster: its kustomization and the collector patch naming its cluster and
+    database host (a strategic-merge patch puts these env entries first: the URL's variables come with it)."""
+    FIXTURE[f"deploy/overlays/{cluster}/kustomization.yaml"] = f"""\
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
-resources: [../../base, query.yaml]
+resources: [{resources}]
 patches:
   - path: collector-patch.yaml
 """
-FIXTURE["deploy/overlays/infra/collector-patch.yaml"] = """\
+    FIXTURE[f"deploy/overlays/{cluster}/collector-patch.yaml"] = f"""\
 apiVersion: apps/v1
 kind: StatefulSet
-metadata: {name: tracepost-collector}
+metadata: {{name: tracepost-collector}}
 spec:
   template:
     spec:
@@ -2047,13 +2050,16 @@ spec:
         - name: collector
           env:
             # a strategic-merge patch puts these entries first: the URL's variables must come with it
-            - {name: TRACEPOST_CLUSTER_NAME, value: infra}
+            - {{name: TRACEPOST_CLUSTER_NAME, value: {cluster}}}
             - name: DB_USER
-              valueFrom: {secretKeyRef: {name: tracepost-db-writer, key: username}}
+              valueFrom: {{secretKeyRef: {{name: tracepost-db-writer, key: username}}}}
             - name: DB_PASSWORD
-              valueFrom: {secretKeyRef: {name: tracepost-db-writer, key: password}}
-            - {name: TRACEPOST_DATABASE_URL, value: "postgres://$(DB_USER):$(DB_PASSWORD)@postgres-rw.databases.svc.cluster.local:5432/tracepost?sslmode=require"}
+              valueFrom: {{secretKeyRef: {{name: tracepost-db-writer, key: password}}}}
+            - {{name: TRACEPOST_DATABASE_URL, value: "postgres://$(DB_USER):$(DB_PASSWORD)@{host}.databases.svc.cluster.local:5432/tracepost?sslmode=require"}}
 """
+
+
+overlay_fixture("infra", "postgres-rw", "../../base, query.yaml")
 FIXTURE["deploy/overlays/infra/query.yaml"] = """\
 apiVersion: apps/v1
 kind: Deployment
@@ -2104,31 +2110,7 @@ spec:
     - {name: http-query, port: 16686, targetPort: http-query}
     - {name: tempo, port: 3200, targetPort: tempo}
 """
-FIXTURE["deploy/overlays/apps/kustomization.yaml"] = """\
-apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-resources: [../../base]
-patches:
-  - path: collector-patch.yaml
-"""
-FIXTURE["deploy/overlays/apps/collector-patch.yaml"] = """\
-apiVersion: apps/v1
-kind: StatefulSet
-metadata: {name: tracepost-collector}
-spec:
-  template:
-    spec:
-      containers:
-        - name: collector
-          env:
-            # a strategic-merge patch puts these entries first: the URL's variables must come with it
-            - {name: TRACEPOST_CLUSTER_NAME, value: apps}
-            - name: DB_USER
-              valueFrom: {secretKeyRef: {name: tracepost-db-writer, key: username}}
-            - name: DB_PASSWORD
-              valueFrom: {secretKeyRef: {name: tracepost-db-writer, key: password}}
-            - {name: TRACEPOST_DATABASE_URL, value: "postgres://$(DB_USER):$(DB_PASSWORD)@postgres-rw-infra.databases.svc.cluster.local:5432/tracepost?sslmode=require"}
-"""
+overlay_fixture("apps", "postgres-rw-infra", "../../base")
 FIXTURE["deploy/migrate/kustomization.yaml"] = """\
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
