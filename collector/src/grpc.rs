@@ -42,6 +42,14 @@ pub fn grpc_router(ingest: Ingest) -> axum::Router {
         .with_state(ingest)
 }
 
+/// Whether a request says it is gRPC (`application/grpc`, `application/grpc+proto`, ...).
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/grpc"))
+}
+
 /// Any other path. A gRPC call gets gRPC's `UNIMPLEMENTED`; anything else (an OTLP/HTTP exporter pointed at
 /// the gRPC port, whose POST to `/v1/traces` would otherwise see HTTP 200 and count its spans as sent) gets
 /// a 404 that says where OTLP/HTTP goes.
@@ -64,8 +72,7 @@ async fn not_export(State(ingest): State<Ingest>, request: Request) -> Response 
 
 async fn export(State(ingest): State<Ingest>, request: Request) -> Response {
     let headers = request.headers();
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok());
-    if !content_type.is_some_and(|value| value.starts_with("application/grpc")) {
+    if !is_grpc(headers) {
         let error = ExportError::Decode("content-type must be application/grpc".into());
         ingest.count_refusal(Transport::Grpc, &error);
         // gRPC's answer to a request that is not gRPC is an HTTP status, not a gRPC one.
