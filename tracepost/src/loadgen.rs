@@ -300,11 +300,7 @@ fn split_by_cluster(mesh: &Mesh, request: ExportTraceServiceRequest) -> Vec<Expo
     let mut exports: Vec<Export> = Vec::new();
     for resource_spans in request.resource_spans {
         let cluster = mesh.cluster_of(resource_spans.resource.as_ref());
-        let spans: u64 = resource_spans
-            .scope_spans
-            .iter()
-            .map(|scope| scope.spans.len() as u64)
-            .sum();
+        let spans = resource_span_count(&resource_spans);
         let position = match exports.iter().position(|export| export.cluster == cluster) {
             Some(position) => position,
             None => {
@@ -508,13 +504,17 @@ struct Prepared {
     crossing_trace_id: Option<[u8; 16]>,
 }
 
-fn span_count(request: &ExportTraceServiceRequest) -> u64 {
-    request
-        .resource_spans
+/// Spans of one resource's part of a request.
+fn resource_span_count(resource_spans: &ResourceSpans) -> u64 {
+    resource_spans
+        .scope_spans
         .iter()
-        .flat_map(|resource_spans| &resource_spans.scope_spans)
         .map(|scope| scope.spans.len() as u64)
         .sum()
+}
+
+fn span_count(request: &ExportTraceServiceRequest) -> u64 {
+    request.resource_spans.iter().map(resource_span_count).sum()
 }
 
 /// The exports of a request: one per cluster in cross-cluster mode (`split`), else the request itself.
