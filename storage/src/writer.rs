@@ -51,6 +51,11 @@ pub struct EncodedSpans {
 /// connection.
 const UNANSWERED_GRACE: Duration = Duration::from_secs(1);
 
+/// COPY data goes to the connection in messages of at most this many bytes. tokio-postgres copies each
+/// message into its connection's write buffer, which keeps its capacity: one message of a whole 8 MiB
+/// block would leave every pooled connection holding 8 MiB or more beyond the memory budget.
+const COPY_MESSAGE_BYTES: usize = 64 * 1024;
+
 /// The most (resource, day) pairs remembered as already stored; past it the memory is cleared, which only
 /// costs a few redundant `ON CONFLICT DO NOTHING` inserts.
 const KNOWN_RESOURCES_CAP: usize = 100_000;
@@ -216,7 +221,7 @@ async fn write_on(
     futures_util::pin_mut!(sink);
     sink.feed(copy_header()).await?;
     for part in parts.iter().filter(|part| !part.rows.is_empty()) {
-        sink.feed(part.rows.clone()).await?;
+        feed_in_messages(sink.as_mut(), &part.rows).await?;
     }
     sink.feed(copy_trailer()).await?;
     sink.as_mut().finish().await?;
@@ -225,12 +230,26 @@ async fn write_on(
         futures_util::pin_mut!(sink);
         sink.feed(copy_header()).await?;
         for part in parts.iter().filter(|part| !part.trace_index.is_empty()) {
-            sink.feed(part.trace_index.clone()).await?;
+            feed_in_messages(sink.as_mut(), &part.trace_index).await?;
         }
         sink.feed(copy_trailer()).await?;
         sink.as_mut().finish().await?;
     }
     commit_sent.store(true, Ordering::SeqCst);
     transaction.commit().await?;
+    Ok(())
+}
+
+/// Feeds `data` to a COPY in messages of at most [`COPY_MESSAGE_BYTES`] (slices of it, not copies).
+async fn feed_in_messages(
+    mut sink: std::pin::Pin<&mut tokio_postgres::CopyInSink<Bytes>>,
+    data: &Bytes,
+) -> Result<(), tokio_postgres::Error> {
+    let mut start = 0;
+    while start < data.len() {
+        let end = (start + COPY_MESSAGE_BYTES).min(data.len());
+        sink.feed(data.slice(start..end)).await?;
+        start = end;
+    }
     Ok(())
 }
